@@ -1,0 +1,20 @@
+"""Stoic's foundation: actors, the wire, function actor processes, the store, tracing.
+
+`runtime` never imports `supervisor`. Each section below re-exports one part's public API;
+implementation modules are private (leading underscore).
+"""
+
+__all__: list[str] = []
+
+# --- child interface (shared by actors and OS-process children) ---
+from runtime._child import Child, ExitReason
+
+__all__ += ["Child", "ExitReason"]
+
+# --- actors (issue 2) ---
+
+# --- functions, wire, worker, client (issue 3) ---
+
+# --- store (issue 4) ---
+
+# --- tracing (issue 7) ---

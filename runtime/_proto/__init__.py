@@ -1,0 +1,1 @@
+"""Generated protobuf and gRPC code (see README.md). Do not edit."""
