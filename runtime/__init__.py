@@ -14,6 +14,23 @@ __all__ += ["Child", "ExitReason"]
 # --- actors (issue 2) ---
 
 # --- functions, wire, worker, client (issue 3) ---
+from runtime._errors import (  # noqa: E402
+    FunctionError,
+    FunctionNotFound,
+    InstanceCrashed,
+    InternalError,
+    InvalidInput,
+    InvocationNotFound,
+    InvocationTimeout,
+    LimitExceeded,
+    StoicError,
+    Unavailable,
+)
+
+__all__ += [
+    "StoicError", "FunctionNotFound", "InvocationNotFound", "InvalidInput", "InvocationTimeout",
+    "Unavailable", "LimitExceeded", "InstanceCrashed", "InternalError", "FunctionError",
+]
 
 # --- store (issue 4) ---
 
