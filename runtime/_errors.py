@@ -8,7 +8,9 @@ InvocationNotFound are both NOT_FOUND): the server then also sends the class nam
 `stoic-error` trailing metadata, and the client prefers it over the code.
 
 `FunctionError` is not in the table: a handler's exception is a *successful* RPC with the
-`error` field set; the client raises `FunctionError` from that field.
+`error` field set; the client raises `FunctionError` from that field. Neither are
+`Unreachable` and `ConnectionLost`: the client raises them for an UNAVAILABLE status that
+the transport produced, not the server.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ __all__ = [
     "InvalidInput",
     "InvocationTimeout",
     "Unavailable",
+    "Unreachable",
+    "ConnectionLost",
     "LimitExceeded",
     "InstanceCrashed",
     "InternalError",
@@ -75,6 +79,16 @@ class Unavailable(StoicError):
     answers. Retrying later may succeed."""
 
     default_retryable = True
+
+
+class Unreachable(Unavailable):
+    """Client side: the node could not be reached (connection refused, no route); the
+    request never reached it, so sending it to another node is safe."""
+
+
+class ConnectionLost(Unavailable):
+    """Client side: the connection to the node broke during the call; the node may have
+    run it, so only calls that are safe to repeat go to another node."""
 
 
 class LimitExceeded(StoicError):

@@ -13,12 +13,48 @@ Conventions on the wire that the dataclasses hide:
 
 from __future__ import annotations
 
+import asyncio
 import enum
-from collections.abc import Mapping
+import json
+import logging
+import math
+import os
+import sys
+import time
+import traceback
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple, NoReturn, Protocol
 
-from runtime._proto.stoic.v1 import control_pb2, invoker_pb2, worker_pb2
+import anyio
+import anyio.abc
+import grpc
+import grpc.aio
+from grpc_health.v1 import _async as health_async
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from runtime._errors import (
+    ERROR_TRAILER,
+    ConnectionLost,
+    InstanceCrashed,
+    InternalError,
+    InvalidInput,
+    InvocationTimeout,
+    LimitExceeded,
+    StoicError,
+    Unreachable,
+    error_from_status,
+    status_for,
+)
+from runtime._proto.stoic.v1 import (
+    control_pb2,
+    control_pb2_grpc,
+    invoker_pb2,
+    invoker_pb2_grpc,
+    worker_pb2,
+    worker_pb2_grpc,
+)
 
 __all__ = [
     "JSON",
@@ -42,6 +78,25 @@ __all__ = [
     "RedriveRequest",
     "PingResult",
     "is_json",
+    "CallInfo",
+    "InvokerHandler",
+    "ControlHandler",
+    "WorkerHandler",
+    "InvokerStub",
+    "ControlStub",
+    "WorkerStreamClient",
+    "add_invoker_service",
+    "add_control_service",
+    "add_worker_service",
+    "add_health_and_reflection",
+    "channel_options",
+    "open_channel",
+    "check_invoke_request",
+    "error_from_rpc",
+    "DEFAULT_MAX_PAYLOAD_BYTES",
+    "INVOKER_SERVICE",
+    "CONTROL_SERVICE",
+    "WORKER_SERVICE",
 ]
 
 JSON = "application/json"
@@ -549,9 +604,8 @@ class ExecuteResult:
         return cls(payload=msg.payload, content_type=msg.content_type or JSON, error=_error_from(msg))
 
 
-@dataclass(frozen=True)
-class PingResult:
-    """A worker's answer to a health ping."""
+class PingResult(NamedTuple):
+    """A worker's answer to a health ping (unpacks as `pid, in_flight`)."""
 
     pid: int
     in_flight: int
@@ -563,3 +617,627 @@ class PingResult:
     def from_proto(cls, msg: worker_pb2.PingResponse) -> PingResult:
         return cls(pid=msg.pid, in_flight=msg.in_flight)
 
+
+
+# =========================================================================== the boundary
+# Everything below turns gRPC calls into handler calls on the dataclasses above and back,
+# mapping exceptions through the one table in runtime._errors.
+
+log = logging.getLogger("stoic.wire")
+
+INVOKER_SERVICE = "stoic.v1.Invoker"
+CONTROL_SERVICE = "stoic.v1.Control"
+WORKER_SERVICE = "stoic.v1.Worker"
+
+DEFAULT_MAX_PAYLOAD_BYTES = 6 * 1024 * 1024
+"""Largest accepted Invoke payload (as AWS Lambda's synchronous limit)."""
+
+# Headroom above the payload limit for the rest of the message, so that an oversized
+# payload reaches our check (and gets a message naming the limit) instead of gRPC's own.
+_MESSAGE_HEADROOM = 1024 * 1024
+
+
+def channel_options(max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> list[tuple[str, Any]]:
+    """gRPC options for servers and channels carrying payloads up to `max_payload_bytes`
+    (gRPC's default message limit is 4 MiB, below the payload limit). Messages far past the
+    limit are refused by gRPC itself, also with RESOURCE_EXHAUSTED."""
+    size = max_payload_bytes + _MESSAGE_HEADROOM
+    return [
+        ("grpc.max_receive_message_length", size),
+        ("grpc.max_send_message_length", size),
+    ]
+
+
+def open_channel(
+    target: str, *, max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
+) -> grpc.aio.Channel:
+    """An insecure grpc.aio channel to `target` ("127.0.0.1:50051", "unix:///path").
+    Must be created and used inside the running asyncio event loop."""
+    return grpc.aio.insecure_channel(target, options=channel_options(max_payload_bytes))
+
+
+@dataclass(frozen=True)
+class CallInfo:
+    """What a server handler knows about the call besides its request.
+
+    `deadline` is unix wall-clock seconds (`time.time()` based) derived from the caller's
+    grpc-timeout, or None. `metadata` holds the text headers (W3C `traceparent`,
+    `tracestate`, Stoic's hop header); binary (`-bin`) headers are left out.
+    """
+
+    deadline: float | None = None
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    peer: str = ""
+
+    def remaining(self) -> float | None:
+        """Seconds left before the deadline (may be negative), or None."""
+        return None if self.deadline is None else self.deadline - time.time()
+
+
+def _call_info(context: grpc.aio.ServicerContext[Any, Any]) -> CallInfo:
+    remaining = context.time_remaining()
+    metadata: dict[str, str] = {}
+    items: Any = context.invocation_metadata() or ()
+    for key, value in items:
+        if isinstance(value, str):
+            metadata[key] = value
+    return CallInfo(
+        deadline=None if remaining is None else time.time() + remaining,
+        metadata=metadata,
+        peer=context.peer() or "",
+    )
+
+
+async def _abort(
+    context: grpc.aio.ServicerContext[Any, Any], method: str, exc: Exception
+) -> NoReturn:
+    code, details, name = status_for(exc)
+    if code is grpc.StatusCode.INTERNAL and not isinstance(exc, InternalError):
+        log.error("%s failed unexpectedly", method, exc_info=exc)
+    await context.abort(code, details, trailing_metadata=((ERROR_TRAILER, name),))
+    raise AssertionError("unreachable: context.abort returned")  # pragma: no cover
+
+
+def check_invoke_request(
+    request: InvokeRequest, max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
+) -> None:
+    """Validate an Invoke request at the boundary.
+
+    Raises `InvalidInput` for an empty function name or a JSON content type (or none)
+    whose payload is not valid JSON (naming the error's position); `LimitExceeded`
+    (RESOURCE_EXHAUSTED, as gRPC's own message-size limit) for a payload over
+    `max_payload_bytes`, naming the size and the limit. An empty JSON payload is accepted
+    and means "no event" (None).
+    """
+    if not request.function:
+        raise InvalidInput("function name is empty")
+    size = len(request.payload)
+    if size > max_payload_bytes:
+        raise LimitExceeded(
+            f"payload of {size} bytes for {request.function!r} is over the limit of "
+            f"{max_payload_bytes} bytes",
+            retryable=False,
+        )
+    if request.payload and is_json(request.content_type):
+        try:
+            json.loads(request.payload)
+        except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
+            raise InvalidInput(
+                f"payload for {request.function!r} is not valid JSON "
+                f"(content type {request.content_type or JSON}): {exc}"
+            ) from exc
+
+
+# --------------------------------------------------------------------------- handlers
+
+
+class InvokerHandler(Protocol):
+    """What a node implements to serve stoic.v1.Invoker. Requests arrive validated
+    (`check_invoke_request`). Raise Stoic's exceptions for platform failures."""
+
+    async def invoke(self, request: InvokeRequest, call: CallInfo) -> InvokeResult: ...
+
+    async def invoke_async(self, request: InvokeRequest, call: CallInfo) -> str:
+        """Make the invocation durable and return its id."""
+        ...
+
+    async def get_invocation(self, invocation_id: str, call: CallInfo) -> InvocationInfo: ...
+
+
+class ControlHandler(Protocol):
+    """What a node implements to serve stoic.v1.Control."""
+
+    async def deploy(self, request: DeployRequest, call: CallInfo) -> Sequence[FunctionSpec]: ...
+
+    async def list_functions(self, call: CallInfo) -> Sequence[FunctionSpec]: ...
+
+    async def status(self, call: CallInfo) -> Status: ...
+
+    async def list_dead_letters(
+        self, request: ListDeadLettersRequest, call: CallInfo
+    ) -> Sequence[InvocationInfo]: ...
+
+    async def redrive(self, request: RedriveRequest, call: CallInfo) -> Sequence[str]: ...
+
+
+class WorkerHandler(Protocol):
+    """What a function actor process implements: run one attempt. A handler's exception
+    must come back as `ExecuteResult(error=...)`; an exception escaping `execute` is
+    reported the same way (type, message, traceback) and logged as a worker bug."""
+
+    async def execute(self, request: ExecuteRequest) -> ExecuteResult: ...
+
+
+class _InvokerServicer(invoker_pb2_grpc.InvokerServicer):
+    def __init__(self, handler: InvokerHandler, max_payload_bytes: int) -> None:
+        self._handler = handler
+        self._max = max_payload_bytes
+
+    async def Invoke(self, request: Any, context: Any) -> Any:
+        try:
+            req = InvokeRequest.from_proto(request)
+            check_invoke_request(req, self._max)
+            result = await self._handler.invoke(req, _call_info(context))
+            return result.to_proto()
+        except Exception as exc:
+            await _abort(context, "Invoke", exc)
+
+    async def InvokeAsync(self, request: Any, context: Any) -> Any:
+        try:
+            req = InvokeRequest.from_proto(request)
+            check_invoke_request(req, self._max)
+            invocation_id = await self._handler.invoke_async(req, _call_info(context))
+            return invoker_pb2.InvokeAsyncResponse(invocation_id=invocation_id)
+        except Exception as exc:
+            await _abort(context, "InvokeAsync", exc)
+
+    async def GetInvocation(self, request: Any, context: Any) -> Any:
+        try:
+            if not request.invocation_id:
+                raise InvalidInput("invocation id is empty")
+            info = await self._handler.get_invocation(request.invocation_id, _call_info(context))
+            return info.to_proto()
+        except Exception as exc:
+            await _abort(context, "GetInvocation", exc)
+
+
+class _ControlServicer(control_pb2_grpc.ControlServicer):
+    def __init__(self, handler: ControlHandler) -> None:
+        self._handler = handler
+
+    async def Deploy(self, request: Any, context: Any) -> Any:
+        try:
+            req = DeployRequest.from_proto(request)
+            if not req.apps:
+                raise InvalidInput("no apps to deploy")
+            specs = await self._handler.deploy(req, _call_info(context))
+            return control_pb2.DeployResponse(functions=[s.to_proto() for s in specs])
+        except Exception as exc:
+            await _abort(context, "Deploy", exc)
+
+    async def ListFunctions(self, request: Any, context: Any) -> Any:
+        try:
+            specs = await self._handler.list_functions(_call_info(context))
+            return control_pb2.ListFunctionsResponse(functions=[s.to_proto() for s in specs])
+        except Exception as exc:
+            await _abort(context, "ListFunctions", exc)
+
+    async def Status(self, request: Any, context: Any) -> Any:
+        try:
+            return (await self._handler.status(_call_info(context))).to_proto()
+        except Exception as exc:
+            await _abort(context, "Status", exc)
+
+    async def ListDeadLetters(self, request: Any, context: Any) -> Any:
+        try:
+            req = ListDeadLettersRequest.from_proto(request)
+            if req.limit < 0:
+                raise InvalidInput(f"limit must be >= 0, got {req.limit}")
+            infos = await self._handler.list_dead_letters(req, _call_info(context))
+            return control_pb2.ListDeadLettersResponse(invocations=[i.to_proto() for i in infos])
+        except Exception as exc:
+            await _abort(context, "ListDeadLetters", exc)
+
+    async def Redrive(self, request: Any, context: Any) -> Any:
+        try:
+            req = RedriveRequest.from_proto(request)
+            if not req.all and not req.invocation_ids:
+                raise InvalidInput("give invocation ids to redrive, or all")
+            ids = await self._handler.redrive(req, _call_info(context))
+            return control_pb2.RedriveResponse(invocation_ids=list(ids))
+        except Exception as exc:
+            await _abort(context, "Redrive", exc)
+
+
+class _WorkerServicer(worker_pb2_grpc.WorkerServicer):
+    def __init__(self, handler: WorkerHandler) -> None:
+        self._handler = handler
+        self.in_flight = 0
+
+    async def Execute(self, request_iterator: Any, context: Any) -> None:
+        # Requests run concurrently; each response is written as soon as it is ready.
+        # One write at a time on a stream, hence the lock.
+        write_lock = anyio.Lock()
+
+        async def run_one(msg: Any) -> None:
+            self.in_flight += 1
+            try:
+                try:
+                    result = await self._handler.execute(ExecuteRequest.from_proto(msg))
+                except Exception as exc:
+                    log.error("worker handler raised for %s", msg.invocation_id, exc_info=exc)
+                    result = ExecuteResult(
+                        error=FunctionErrorInfo(
+                            type(exc).__name__, str(exc), traceback.format_exc()
+                        )
+                    )
+            finally:
+                self.in_flight -= 1
+            async with write_lock:
+                await context.write(result.to_proto(msg.seq))
+
+        async with anyio.create_task_group() as tg:
+            async for msg in request_iterator:
+                tg.start_soon(run_one, msg)
+
+    async def Ping(self, request: Any, context: Any) -> Any:
+        return worker_pb2.PingResponse(pid=os.getpid(), in_flight=self.in_flight)
+
+
+def add_invoker_service(
+    server: grpc.aio.Server,
+    handler: InvokerHandler,
+    *,
+    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+) -> None:
+    """Serve stoic.v1.Invoker on `server` with `handler`. Create the server with
+    `channel_options(max_payload_bytes)` so that payloads up to the limit get through.
+
+    Boundary checks (see `check_invoke_request`): empty name and invalid JSON are
+    INVALID_ARGUMENT; a payload over `max_payload_bytes` is RESOURCE_EXHAUSTED naming the
+    size and the limit. Exceptions from the handler map through `runtime._errors`;
+    unexpected ones become INTERNAL with a short message and are logged."""
+    invoker_pb2_grpc.add_InvokerServicer_to_server(
+        _InvokerServicer(handler, max_payload_bytes), server
+    )
+
+
+def add_control_service(server: grpc.aio.Server, handler: ControlHandler) -> None:
+    """Serve stoic.v1.Control on `server` with `handler` (exceptions mapped as for Invoker)."""
+    control_pb2_grpc.add_ControlServicer_to_server(_ControlServicer(handler), server)
+
+
+def add_worker_service(server: grpc.aio.Server, handler: WorkerHandler) -> None:
+    """Serve stoic.v1.Worker on `server`: every request of an Execute stream runs
+    concurrently through `handler.execute`; Ping answers with this process's pid and the
+    number of requests in flight, without involving the handler."""
+    worker_pb2_grpc.add_WorkerServicer_to_server(_WorkerServicer(handler), server)
+
+
+async def add_health_and_reflection(
+    server: grpc.aio.Server, service_names: Sequence[str] = (INVOKER_SERVICE, CONTROL_SERVICE)
+) -> health_async.HealthServicer:
+    """Add grpc.health.v1 (SERVING for "" and each of `service_names`) and server
+    reflection (for `service_names` and the health service) to `server`, so that
+    `grpcurl -plaintext HOST:PORT list|describe|stoic.v1.Invoker/Invoke` work. Returns the
+    health servicer, e.g. to call `enter_graceful_shutdown()` before stopping."""
+    health = health_async.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    for name in ("", *service_names):
+        await health.set(name, health_pb2.HealthCheckResponse.SERVING)
+    names = (*service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+             reflection.SERVICE_NAME)
+    reflection.enable_server_reflection(names, server)
+    return health
+
+
+# --------------------------------------------------------------------------- stubs
+
+
+def _scope_timeout() -> float | None:
+    """The time left in the caller's anyio cancel scopes, or None: the caller's deadline
+    travels as the call's grpc-timeout (and comes back out as `CallInfo.deadline`)."""
+    deadline = anyio.current_effective_deadline()
+    if deadline == math.inf:
+        return None
+    return max(deadline - anyio.current_time(), 0.0)
+
+
+def error_from_rpc(exc: grpc.aio.AioRpcError) -> StoicError:
+    """The Stoic exception for a failed RPC (caller does `raise error_from_rpc(e) from e`).
+
+    An UNAVAILABLE status that the server did not send itself (no `stoic-error` trailer)
+    is a transport failure: `Unreachable` when the connection could not be made (the
+    request never reached the server: safe to send elsewhere), else `ConnectionLost`
+    (the connection broke; the server may have run the call)."""
+    code = exc.code()
+    details = exc.details() or ""
+    name = ""
+    trailers: Any = exc.trailing_metadata() or ()
+    for key, value in trailers:
+        if key == ERROR_TRAILER and isinstance(value, str):
+            name = value
+    if code is grpc.StatusCode.UNAVAILABLE and not name:
+        lowered = details.lower()
+        if "failed to connect" in lowered or "connection refused" in lowered:
+            return Unreachable(details)
+        return ConnectionLost(details)
+    return error_from_status(code, details, name)
+
+
+def _metadata(metadata: Mapping[str, str] | None) -> tuple[tuple[str, str], ...] | None:
+    return tuple((k.lower(), v) for k, v in metadata.items()) if metadata else None
+
+
+class InvokerStub:
+    """Calls stoic.v1.Invoker over a grpc.aio channel with the dataclasses. Every method
+    raises the mapped Stoic exception for a failed RPC (`error_from_rpc`). The deadline is
+    the caller's: the time left in its anyio cancel scopes becomes the grpc-timeout.
+    Cancellation cancels the RPC."""
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self._stub = invoker_pb2_grpc.InvokerStub(channel)
+
+    async def invoke(
+        self,
+        request: InvokeRequest,
+        *,
+        metadata: Mapping[str, str] | None = None,
+    ) -> InvokeResult:
+        try:
+            msg = await self._stub.Invoke(
+                request.to_proto(), timeout=_scope_timeout(),
+                metadata=_metadata(metadata),
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise error_from_rpc(exc) from exc
+        return InvokeResult.from_proto(msg)
+
+    async def invoke_async(
+        self,
+        request: InvokeRequest,
+        *,
+        metadata: Mapping[str, str] | None = None,
+    ) -> str:
+        try:
+            msg = await self._stub.InvokeAsync(
+                request.to_proto(), timeout=_scope_timeout(),
+                metadata=_metadata(metadata),
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise error_from_rpc(exc) from exc
+        return str(msg.invocation_id)
+
+    async def get_invocation(
+        self,
+        invocation_id: str,
+        *,
+        metadata: Mapping[str, str] | None = None,
+    ) -> InvocationInfo:
+        try:
+            msg = await self._stub.GetInvocation(
+                invoker_pb2.GetInvocationRequest(invocation_id=invocation_id),
+                timeout=_scope_timeout(), metadata=_metadata(metadata),
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise error_from_rpc(exc) from exc
+        return InvocationInfo.from_proto(msg)
+
+
+class ControlStub:
+    """Calls stoic.v1.Control over a grpc.aio channel (errors and deadline as InvokerStub)."""
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self._stub = control_pb2_grpc.ControlStub(channel)
+
+    async def _unary(
+        self, method: Any, request: Any, metadata: Mapping[str, str] | None
+    ) -> Any:
+        try:
+            return await method(
+                request, timeout=_scope_timeout(), metadata=_metadata(metadata)
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise error_from_rpc(exc) from exc
+
+    async def deploy(
+        self, request: DeployRequest, *, metadata: Mapping[str, str] | None = None,
+    ) -> tuple[FunctionSpec, ...]:
+        msg = await self._unary(self._stub.Deploy, request.to_proto(), metadata)
+        return tuple(FunctionSpec.from_proto(f) for f in msg.functions)
+
+    async def list_functions(
+        self, *, metadata: Mapping[str, str] | None = None
+    ) -> tuple[FunctionSpec, ...]:
+        msg = await self._unary(
+            self._stub.ListFunctions, control_pb2.ListFunctionsRequest(), metadata
+        )
+        return tuple(FunctionSpec.from_proto(f) for f in msg.functions)
+
+    async def status(
+        self, *, metadata: Mapping[str, str] | None = None
+    ) -> Status:
+        msg = await self._unary(self._stub.Status, control_pb2.StatusRequest(), metadata)
+        return Status.from_proto(msg)
+
+    async def list_dead_letters(
+        self, request: ListDeadLettersRequest, *, metadata: Mapping[str, str] | None = None,
+    ) -> tuple[InvocationInfo, ...]:
+        msg = await self._unary(self._stub.ListDeadLetters, request.to_proto(), metadata)
+        return tuple(InvocationInfo.from_proto(i) for i in msg.invocations)
+
+    async def redrive(
+        self, request: RedriveRequest, *, metadata: Mapping[str, str] | None = None,
+    ) -> tuple[str, ...]:
+        msg = await self._unary(self._stub.Redrive, request.to_proto(), metadata)
+        return tuple(msg.invocation_ids)
+
+
+# --------------------------------------------------------------------------- worker stream
+
+
+_EOF: Any = grpc.aio.EOF  # type: ignore[attr-defined]
+
+
+class _Waiter:
+    __slots__ = ("done", "result", "error")
+
+    def __init__(self) -> None:
+        self.done = anyio.Event()
+        self.result: ExecuteResult | None = None
+        self.error: StoicError | None = None
+
+
+class WorkerStreamClient:
+    """A node's connection to one function actor process: one long-lived bidirectional
+    Execute stream carrying every invocation, multiplexed by `seq`.
+
+    Use as `async with WorkerStreamClient("unix:///path/w.sock") as worker: ...`, or run
+    `await tg.start(worker.run)` in a task group of your own and `await worker.aclose()`.
+    `run` reports started once the channel is connected and the stream is open.
+
+    When the stream breaks (the process died) or is closed, every waiting `execute` and
+    every later one raises `InstanceCrashed` naming why.
+    """
+
+    def __init__(
+        self, target: str, *, name: str = "", max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
+    ) -> None:
+        self.target = target
+        self.name = name or target
+        self._max = max_payload_bytes
+        self._pending: dict[int, _Waiter] = {}
+        self._next_seq = 1
+        self._call: Any = None
+        self._stub: Any = None
+        self._broken: str | None = None
+        self._scope: anyio.CancelScope | None = None
+        self._write_lock = anyio.Lock()
+        self._tg: anyio.abc.TaskGroup | None = None
+
+    @property
+    def in_flight(self) -> int:
+        """Requests sent and not answered yet."""
+        return len(self._pending)
+
+    @property
+    def closed(self) -> bool:
+        return self._broken is not None
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Connect, open the stream, report started, then read responses until the stream
+        ends, breaks or `aclose()` is called. Never raises for a broken stream (the waiters
+        get InstanceCrashed); raises `InstanceCrashed` if the connection cannot be made
+        before the caller's scope deadline. Cancellation closes the channel."""
+        reason = "worker stream closed"
+        channel = open_channel(self.target, max_payload_bytes=self._max)
+        try:
+            with anyio.CancelScope() as scope:
+                self._scope = scope
+                try:
+                    await channel.channel_ready()
+                except Exception as exc:  # grpc raises asyncio errors on a closed channel
+                    raise InstanceCrashed(f"cannot connect to worker {self.name}: {exc}") from exc
+                self._stub = worker_pb2_grpc.WorkerStub(channel)
+                self._call = self._stub.Execute()
+                task_status.started()
+                reason = await self._read_loop()
+        finally:
+            self._fail_all(reason)
+            with anyio.CancelScope(shield=True):  # cleanup must finish even when cancelled
+                if self._call is not None:
+                    self._call.cancel()
+                await channel.close(None)
+
+    async def _read_loop(self) -> str:
+        call = self._call
+        try:
+            while True:
+                msg = await call.read()
+                if msg is _EOF:
+                    return f"worker {self.name} closed the stream"
+                waiter = self._pending.pop(msg.seq, None)
+                if waiter is not None:  # None: its caller gave up (cancelled)
+                    waiter.result = ExecuteResult.from_proto(msg)
+                    waiter.done.set()
+        except grpc.aio.AioRpcError as exc:
+            return f"worker {self.name} stream broke: {exc.code().name}: {exc.details()}"
+
+    def _fail_all(self, reason: str) -> None:
+        if self._broken is None:
+            self._broken = reason
+        pending, self._pending = self._pending, {}
+        for waiter in pending.values():
+            waiter.error = InstanceCrashed(reason)
+            waiter.done.set()
+
+    async def execute(self, request: ExecuteRequest) -> ExecuteResult:
+        """Send one attempt and wait for its result. Raises `InstanceCrashed` if the stream
+        is or becomes broken before the answer arrives. Cancelling the caller stops the
+        wait only: the worker still runs the attempt (kill the process to stop it)."""
+        if self._broken is not None:
+            raise InstanceCrashed(self._broken)
+        if self._call is None:
+            raise InstanceCrashed(f"worker {self.name} stream is not open (run() not started)")
+        seq = self._next_seq
+        self._next_seq += 1
+        waiter = _Waiter()
+        self._pending[seq] = waiter
+        try:
+            try:
+                async with self._write_lock:
+                    await self._call.write(request.to_proto(seq))
+            except (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError) as exc:
+                raise InstanceCrashed(
+                    self._broken or f"worker {self.name} stream broke while sending: {exc}"
+                ) from exc
+            await waiter.done.wait()
+        finally:
+            self._pending.pop(seq, None)
+        if waiter.error is not None:
+            raise waiter.error
+        if waiter.result is None:  # pragma: no cover - done is only set with one of both
+            raise InternalError(f"worker {self.name}: seq {seq} finished without a result")
+        return waiter.result
+
+    async def ping(self) -> PingResult:
+        """Ask the worker for its pid and in-flight count; bound it with the caller's scope
+        (`with anyio.fail_after(ping_timeout): await worker.ping()`), whose deadline is
+        also the RPC's. Raises `InvocationTimeout` (a TimeoutError) if the RPC's deadline
+        passes first, `InstanceCrashed` if the worker cannot be reached."""
+        if self._stub is None:
+            raise InstanceCrashed(f"worker {self.name} is not connected")
+        try:
+            msg = await self._stub.Ping(
+                worker_pb2.PingRequest(), timeout=_scope_timeout()
+            )
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() is grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise InvocationTimeout(f"worker {self.name} did not answer a ping") from exc
+            raise InstanceCrashed(
+                f"worker {self.name} ping failed: {exc.code().name}: {exc.details()}"
+            ) from exc
+        return PingResult.from_proto(msg)
+
+    async def aclose(self) -> None:
+        """Close the stream: `run` returns and waiters get InstanceCrashed. Idempotent."""
+        self._fail_all(f"worker {self.name} stream closed by the node")
+        if self._scope is not None:
+            self._scope.cancel()
+
+    async def __aenter__(self) -> WorkerStreamClient:
+        self._tg = anyio.create_task_group()
+        await self._tg.__aenter__()
+        try:
+            await self._tg.start(self.run)
+        except BaseException:
+            await self._tg.__aexit__(*sys.exc_info())
+            raise
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> bool | None:
+        await self.aclose()
+        tg, self._tg = self._tg, None
+        if tg is None:
+            return None
+        return await tg.__aexit__(*exc_info)
