@@ -15,6 +15,7 @@ __all__ += ["Child", "ExitReason"]
 
 # --- functions, wire, worker, client (issue 3) ---
 from runtime._errors import (  # noqa: E402
+    ConnectionLost,
     FunctionError,
     FunctionNotFound,
     InstanceCrashed,
@@ -25,12 +26,18 @@ from runtime._errors import (  # noqa: E402
     LimitExceeded,
     StoicError,
     Unavailable,
+    Unreachable,
 )
 
 __all__ += [
     "StoicError", "FunctionNotFound", "InvocationNotFound", "InvalidInput", "InvocationTimeout",
     "Unavailable", "LimitExceeded", "InstanceCrashed", "InternalError", "FunctionError",
+    "Unreachable", "ConnectionLost",
 ]
+from runtime._client import AsyncClient, Client  # noqa: E402
+from runtime.wire import InvokeResult  # noqa: E402
+
+__all__ += ["AsyncClient", "Client", "InvokeResult"]
 
 # --- store (issue 4) ---
 

@@ -113,12 +113,19 @@ class FunctionError(StoicError):
     formatted inside the function actor process."""
 
     def __init__(
-        self, type: str, message: str, traceback: str = "", *, retryable: bool | None = None
+        self,
+        type: str,
+        message: str,
+        traceback: str = "",
+        *,
+        invocation_id: str = "",
+        retryable: bool | None = None,
     ) -> None:
         super().__init__(f"{type}: {message}" if message else type, retryable=retryable)
         self.type = type
         self.message = message
         self.traceback = traceback
+        self.invocation_id = invocation_id
 
     def __str__(self) -> str:
         return f"{self.type}: {self.message}" if self.message else self.type

@@ -14,6 +14,7 @@ Conventions on the wire that the dataclasses hide:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import enum
 import json
 import logging
@@ -37,6 +38,7 @@ from grpc_reflection.v1alpha import reflection
 from runtime._errors import (
     ERROR_TRAILER,
     ConnectionLost,
+    FunctionError,
     InstanceCrashed,
     InternalError,
     InvalidInput,
@@ -78,6 +80,7 @@ __all__ = [
     "RedriveRequest",
     "PingResult",
     "is_json",
+    "decode_payload",
     "CallInfo",
     "InvokerHandler",
     "ControlHandler",
@@ -107,6 +110,28 @@ def is_json(content_type: str) -> bool:
     if not content_type:
         return True
     return content_type.split(";", 1)[0].strip().lower() == JSON
+
+
+def decode_payload(payload: bytes, content_type: str) -> Any:
+    """JSON-decode `payload` for a JSON content type (None when empty); other content
+    types come back as bytes. Raises `InvalidInput` for invalid JSON."""
+    if not is_json(content_type):
+        return payload
+    if not payload:
+        return None
+    try:
+        return json.loads(payload)
+    except ValueError as exc:
+        raise InvalidInput(f"payload is not valid JSON: {exc}") from exc
+
+
+def _json_safe(payload: bytes, content_type: str) -> Any:
+    if is_json(content_type):
+        try:
+            return json.loads(payload) if payload else None
+        except ValueError:
+            pass
+    return payload.decode("utf-8", "replace")
 
 
 # --------------------------------------------------------------------------- invoker
@@ -202,6 +227,17 @@ class InvokeResult:
             error=self.error.to_proto() if self.error is not None else None,
         )
 
+    @property
+    def value(self) -> Any:
+        """The result: JSON-decoded for a JSON content type (None for an empty payload),
+        else the raw bytes. Raises `FunctionError` when the handler raised."""
+        if self.error is not None:
+            raise FunctionError(
+                self.error.type, self.error.message, self.error.traceback,
+                invocation_id=self.invocation_id,
+            )
+        return decode_payload(self.payload, self.content_type)
+
     @classmethod
     def from_proto(cls, msg: invoker_pb2.InvokeResponse) -> InvokeResult:
         return cls(
@@ -285,6 +321,18 @@ class InvocationInfo:
             attempts=[a.to_proto() for a in self.attempts],
             submitted_at=self.submitted_at,
         )
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict (the result decoded when it is JSON), e.g. for the CLI."""
+        return {
+            "invocation_id": self.invocation_id,
+            "function": self.function,
+            "state": self.state.name,
+            "result": _json_safe(self.payload, self.content_type) if self.payload else None,
+            "error": dataclasses.asdict(self.error) if self.error is not None else None,
+            "attempts": [dataclasses.asdict(a) for a in self.attempts],
+            "submitted_at": self.submitted_at,
+        }
 
     @classmethod
     def from_proto(cls, msg: invoker_pb2.Invocation) -> InvocationInfo:
@@ -500,6 +548,10 @@ class Status:
     """The supervision tree as the Status RPC reports it."""
 
     nodes: tuple[NodeStatus, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict of the whole tree."""
+        return dataclasses.asdict(self)
 
     def to_proto(self) -> control_pb2.StatusResponse:
         return control_pb2.StatusResponse(nodes=[n.to_proto() for n in self.nodes])

@@ -1,0 +1,455 @@
+"""The Python client: `AsyncClient` (asyncio, grpc.aio) and `Client` (plain scripts).
+
+    with Client("127.0.0.1:50051") as client:
+        print(client.invoke("hello", {"name": "ada"}).value)
+
+Errors: a handler's exception raises `FunctionError` (type, message, traceback); platform
+failures raise the exceptions of `runtime._errors` mapped from the status code.
+
+Failover: given several targets, the client keeps using the one that last answered and
+moves to the next when the transport fails (an UNAVAILABLE the node did not send itself):
+- when the node could not be reached at all (connection refused: `Unreachable`), any call
+  moves on, since the request never reached a node;
+- when the connection broke during the call (`ConnectionLost`), only calls that are safe to
+  repeat move on: every Control read (functions, status, dead letters, get_invocation), and
+  invoke / invoke_async with an idempotency key. A plain invoke, deploy and redrive raise
+  `ConnectionLost` instead, because the node may have run them.
+An UNAVAILABLE sent by a node itself (e.g. the function's circuit is open) is raised as
+`Unavailable` without failover: any node would answer the same.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from typing import Any, Literal, TypeVar
+
+import anyio
+import grpc.aio
+
+from runtime._errors import (
+    ConnectionLost,
+    FunctionError,
+    InvalidInput,
+    InvocationTimeout,
+    StoicError,
+    Unreachable,
+)
+from runtime.wire import (
+    DEFAULT_MAX_PAYLOAD_BYTES,
+    JSON,
+    ControlStub,
+    DeployRequest,
+    FunctionSpec,
+    InvocationInfo,
+    InvocationState,
+    InvokeRequest,
+    InvokeResult,
+    InvokerStub,
+    ListDeadLettersRequest,
+    RedriveRequest,
+    Status,
+    is_json,
+    open_channel,
+)
+
+__all__ = ["AsyncClient", "Client"]
+
+T = TypeVar("T")
+_Failover = Literal["always", "unreached"]
+_FINAL_STATES = (InvocationState.SUCCEEDED, InvocationState.FAILED, InvocationState.DEAD_LETTERED)
+
+
+def _encode(event: Any, content_type: str, raw: bytes | None) -> bytes:
+    if raw is not None:
+        return bytes(raw)
+    if isinstance(event, bytes | bytearray | memoryview):
+        return bytes(event)
+    if not is_json(content_type):
+        raise InvalidInput(
+            f"content type {content_type!r} is not JSON: pass the payload as bytes (raw=...)"
+        )
+    try:
+        return json.dumps(event, separators=(",", ":")).encode()
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(f"event is not JSON-serializable: {exc}") from exc
+
+
+class AsyncClient:
+    """An asyncio client of one or more nodes (targets "host:port").
+
+    Use as `async with AsyncClient(targets) as client:` inside an asyncio event loop (grpc.aio
+    channels belong to the loop they were made in). `default_timeout` (seconds) applies
+    to calls without their own `timeout`; None means no limit beyond the caller's scope.
+    A timeout or a caller's deadline raises `InvocationTimeout` (a TimeoutError) and is sent
+    along as the call's grpc-timeout. Cancelling a call cancels the RPC.
+    """
+
+    def __init__(
+        self,
+        targets: str | Sequence[str],
+        *,
+        default_timeout: float | None = None,
+        max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+    ) -> None:
+        self.targets: tuple[str, ...] = (targets,) if isinstance(targets, str) else tuple(targets)
+        if not self.targets or not all(self.targets):
+            raise ValueError(f"targets must be non-empty host:port strings, got {targets!r}")
+        self.default_timeout = default_timeout
+        self._max = max_payload_bytes
+        self._channels: dict[int, grpc.aio.Channel] = {}
+        self._current = 0
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close every channel; calls in progress fail. Idempotent."""
+        channels, self._channels = self._channels, {}
+        for channel in channels.values():
+            await channel.close(None)
+
+    @property
+    def target(self) -> str:
+        """The target currently preferred (the one that last answered)."""
+        return self.targets[self._current]
+
+    def _channel(self, index: int) -> grpc.aio.Channel:
+        channel = self._channels.get(index)
+        if channel is None:
+            channel = open_channel(self.targets[index], max_payload_bytes=self._max)
+            self._channels[index] = channel
+        return channel
+
+    async def _call(
+        self,
+        what: str,
+        op: Callable[[grpc.aio.Channel], Awaitable[T]],
+        failover: _Failover,
+        timeout: float | None,  # noqa: ASYNC109 - the public methods' timeout, as a scope
+    ) -> T:
+        timeout = self.default_timeout if timeout is None else timeout
+        try:
+            with anyio.fail_after(timeout):
+                return await self._failover(op, failover)
+        except InvocationTimeout:
+            raise
+        except TimeoutError as exc:
+            raise InvocationTimeout(f"{what} did not answer within {timeout}s") from exc
+
+    async def _failover(
+        self, op: Callable[[grpc.aio.Channel], Awaitable[T]], failover: _Failover
+    ) -> T:
+        failures: list[str] = []
+        last: StoicError | None = None
+        all_unreached = True
+        n = len(self.targets)
+        for k in range(n):  # each target at most once per call
+            index = (self._current + k) % n
+            try:
+                result = await op(self._channel(index))
+            except Unreachable as exc:
+                last = exc
+            except ConnectionLost as exc:
+                if failover != "always":
+                    raise
+                last = exc
+                all_unreached = False
+            else:
+                self._current = index
+                return result
+            failures.append(f"{self.targets[index]}: {last}")
+        if n == 1 and last is not None:
+            raise last
+        summary = "; ".join(failures)
+        if all_unreached:
+            raise Unreachable(f"no node could be reached ({summary})") from last
+        raise ConnectionLost(f"no node answered ({summary})") from last
+
+    # ------------------------------------------------------------------ Invoker
+
+    async def invoke(
+        self,
+        name: str,
+        event: Any = None,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 - the public API named in issue 3
+        idempotency_key: str | None = None,
+        content_type: str = JSON,
+        raw: bytes | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> InvokeResult:
+        """Run function `name` with `event` (JSON-encoded) or `raw` bytes of `content_type`
+        and wait for its result (`.value` decodes it).
+
+        Raises `FunctionError` when the handler raised (the invocation ran), `InvalidInput`
+        for an event that cannot be encoded or a request the node rejects,
+        `FunctionNotFound`, `InvocationTimeout`, `Unavailable` (and its subclasses for
+        transport failures), `LimitExceeded`, `InstanceCrashed`."""
+        request = InvokeRequest(
+            function=name,
+            payload=_encode(event, content_type, raw),
+            content_type=content_type,
+            idempotency_key=idempotency_key or "",
+        )
+        result = await self._call(
+            f"invoke {name!r}",
+            lambda ch: InvokerStub(ch).invoke(request, metadata=metadata),
+            "always" if idempotency_key else "unreached",
+            timeout,
+        )
+        if result.error is not None:
+            raise FunctionError(
+                result.error.type,
+                result.error.message,
+                result.error.traceback,
+                invocation_id=result.invocation_id,
+            )
+        return result
+
+    async def invoke_async(
+        self,
+        name: str,
+        event: Any = None,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 - same shape as invoke
+        idempotency_key: str | None = None,
+        content_type: str = JSON,
+        raw: bytes | None = None,
+        metadata: Mapping[str, str] | None = None,
+    ) -> str:
+        """Submit an invocation to run durably and return its id at once (the same id for
+        the same idempotency key)."""
+        request = InvokeRequest(
+            function=name,
+            payload=_encode(event, content_type, raw),
+            content_type=content_type,
+            idempotency_key=idempotency_key or "",
+        )
+        return await self._call(
+            f"invoke_async {name!r}",
+            lambda ch: InvokerStub(ch).invoke_async(request, metadata=metadata),
+            "always" if idempotency_key else "unreached",
+            timeout,
+        )
+
+    async def get_invocation(
+        self,
+        invocation_id: str,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 - same shape as invoke
+        metadata: Mapping[str, str] | None = None,
+    ) -> InvocationInfo:
+        """State, result and attempts of an invocation; `InvocationNotFound` if unknown."""
+        return await self._call(
+            "get_invocation",
+            lambda ch: InvokerStub(ch).get_invocation(invocation_id, metadata=metadata),
+            "always",
+            timeout,
+        )
+
+    async def wait_invocation(
+        self,
+        invocation_id: str,
+        *,
+        timeout: float | None = 60.0,  # noqa: ASYNC109 - same shape as invoke
+        poll_interval: float = 0.2,
+    ) -> InvocationInfo:
+        """Poll `get_invocation` every `poll_interval` seconds until the invocation is
+        SUCCEEDED, FAILED or DEAD_LETTERED and return it; `InvocationTimeout` after
+        `timeout` seconds."""
+        try:
+            with anyio.fail_after(timeout):
+                while True:  # bounded by the scope above
+                    info = await self.get_invocation(invocation_id)
+                    if info.state in _FINAL_STATES:
+                        return info
+                    await anyio.sleep(poll_interval)
+        except InvocationTimeout:
+            raise
+        except TimeoutError as exc:
+            raise InvocationTimeout(
+                f"invocation {invocation_id} not finished within {timeout}s"
+            ) from exc
+
+    # ------------------------------------------------------------------ Control
+
+    async def deploy(
+        self,
+        apps: Sequence[str],
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 - same shape as invoke
+        metadata: Mapping[str, str] | None = None,
+    ) -> tuple[FunctionSpec, ...]:
+        """Deploy app files or modules (paths as the nodes see them); returns the specs."""
+        request = DeployRequest(apps=tuple(apps))
+        return await self._call(
+            "deploy",
+            lambda ch: ControlStub(ch).deploy(request, metadata=metadata),
+            "unreached",
+            timeout,
+        )
+
+    async def functions(
+        self,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 - same shape as invoke
+        metadata: Mapping[str, str] | None = None,
+    ) -> tuple[FunctionSpec, ...]:
+        """The deployed functions."""
+        return await self._call(
+            "functions",
+            lambda ch: ControlStub(ch).list_functions(metadata=metadata),
+            "always",
+            timeout,
+        )
+
+    async def status(
+        self,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 - same shape as invoke
+        metadata: Mapping[str, str] | None = None,
+    ) -> Status:
+        """The supervision tree: nodes, pools, instances."""
+        return await self._call(
+            "status", lambda ch: ControlStub(ch).status(metadata=metadata), "always", timeout
+        )
+
+    async def dead_letters(
+        self,
+        *,
+        limit: int = 0,
+        timeout: float | None = None,  # noqa: ASYNC109 - same shape as invoke
+        metadata: Mapping[str, str] | None = None,
+    ) -> tuple[InvocationInfo, ...]:
+        """Dead-lettered invocations (at most `limit`; 0 means the node's default)."""
+        request = ListDeadLettersRequest(limit=limit)
+        return await self._call(
+            "dead_letters",
+            lambda ch: ControlStub(ch).list_dead_letters(request, metadata=metadata),
+            "always",
+            timeout,
+        )
+
+    async def redrive(
+        self,
+        ids: Sequence[str] | Literal["all"] | None,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 - same shape as invoke
+        metadata: Mapping[str, str] | None = None,
+    ) -> tuple[str, ...]:
+        """Re-queue the given dead-lettered invocations, or all of them for "all" (or None);
+        returns the ids re-queued."""
+        if ids is None or ids == "all":
+            request = RedriveRequest(all=True)
+        else:
+            request = RedriveRequest(invocation_ids=tuple(ids))
+        return await self._call(
+            "redrive",
+            lambda ch: ControlStub(ch).redrive(request, metadata=metadata),
+            "unreached",
+            timeout,
+        )
+
+
+class Client:
+    """The blocking client for plain scripts: same methods and errors as `AsyncClient`.
+
+    It runs an `AsyncClient` on an asyncio event loop in a private thread; use it as a
+    context manager (or call `close()`), which stops the thread. Safe to call from several
+    threads. Ctrl-C while waiting cancels the call in progress.
+    """
+
+    def __init__(
+        self,
+        targets: str | Sequence[str],
+        *,
+        default_timeout: float | None = None,
+        max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+    ) -> None:
+        self._async = AsyncClient(
+            targets, default_timeout=default_timeout, max_payload_bytes=max_payload_bytes
+        )
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="stoic-client", daemon=True
+        )
+        self._thread.start()
+        self._closed = False
+
+    @property
+    def targets(self) -> tuple[str, ...]:
+        return self._async.targets
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        if self._closed:
+            coro.close()
+            raise RuntimeError("the client is closed")
+        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        try:
+            return future.result()
+        except BaseException:
+            future.cancel()  # KeyboardInterrupt or an error: do not leave the call running
+            raise
+
+    def close(self) -> None:
+        """Close the channels and stop the event loop thread. Idempotent."""
+        if self._closed:
+            return
+        try:
+            self._run(self._async.aclose())
+        finally:
+            self._closed = True
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=10.0)
+            if not self._thread.is_alive():
+                self._loop.close()
+
+    def invoke(self, name: str, event: Any = None, **kwargs: Any) -> InvokeResult:
+        """See `AsyncClient.invoke`."""
+        return self._run(self._async.invoke(name, event, **kwargs))
+
+    def invoke_async(self, name: str, event: Any = None, **kwargs: Any) -> str:
+        """See `AsyncClient.invoke_async`."""
+        return self._run(self._async.invoke_async(name, event, **kwargs))
+
+    def get_invocation(self, invocation_id: str, **kwargs: Any) -> InvocationInfo:
+        """See `AsyncClient.get_invocation`."""
+        return self._run(self._async.get_invocation(invocation_id, **kwargs))
+
+    def wait_invocation(self, invocation_id: str, **kwargs: Any) -> InvocationInfo:
+        """See `AsyncClient.wait_invocation`."""
+        return self._run(self._async.wait_invocation(invocation_id, **kwargs))
+
+    def deploy(self, apps: Sequence[str], **kwargs: Any) -> tuple[FunctionSpec, ...]:
+        """See `AsyncClient.deploy`."""
+        return self._run(self._async.deploy(apps, **kwargs))
+
+    def functions(self, **kwargs: Any) -> tuple[FunctionSpec, ...]:
+        """See `AsyncClient.functions`."""
+        return self._run(self._async.functions(**kwargs))
+
+    def status(self, **kwargs: Any) -> Status:
+        """See `AsyncClient.status`."""
+        return self._run(self._async.status(**kwargs))
+
+    def dead_letters(self, **kwargs: Any) -> tuple[InvocationInfo, ...]:
+        """See `AsyncClient.dead_letters`."""
+        return self._run(self._async.dead_letters(**kwargs))
+
+    def redrive(
+        self, ids: Sequence[str] | Literal["all"] | None, **kwargs: Any
+    ) -> tuple[str, ...]:
+        """See `AsyncClient.redrive`."""
+        return self._run(self._async.redrive(ids, **kwargs))
