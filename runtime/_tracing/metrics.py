@@ -1,0 +1,148 @@
+"""`Metrics`: Stoic's counters and latency histogram on an owned MeterProvider.
+
+Like `Tracing`, no global provider is set. Readers: OTLP/gRPC (PeriodicExportingMetricReader,
+interval from OTEL_METRIC_EXPORT_INTERVAL) only when an endpoint is configured; an
+InMemoryMetricReader behind a tiny Prometheus endpoint only when a port is asked for.
+With neither, no reader and no thread exist and recording is close to free.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import (
+    InMemoryMetricReader,
+    MetricReader,
+    MetricsData,
+    PeriodicExportingMetricReader,
+)
+from opentelemetry.sdk.resources import Resource
+
+from runtime._tracing.config import build_resource, otlp_endpoint, sdk_disabled
+from runtime._tracing.prometheus import PrometheusServer, render_prometheus
+from runtime._tracing.tracing import bounded_call
+
+__all__ = ["Metrics"]
+
+
+class Metrics:
+    """stoic.invocations, stoic.errors, stoic.restarts, stoic.retries (counters) and
+    stoic.invocation.duration (histogram, ms), all with attributes `function` and `zone`;
+    invocations and errors also carry `outcome`."""
+
+    def __init__(
+        self,
+        resource: Resource,
+        *,
+        readers: tuple[MetricReader, ...] = (),
+        prometheus: tuple[str, int] | None = None,
+    ) -> None:
+        """`prometheus=(host, port)` adds an InMemoryMetricReader served as Prometheus
+        text on that address (port 0 = any free port; see `prometheus_address`). Raises
+        OSError if the address cannot be bound."""
+        self._memory: InMemoryMetricReader | None = None
+        self._server: PrometheusServer | None = None
+        all_readers = list(readers)
+        if prometheus is not None:
+            self._memory = InMemoryMetricReader()
+            all_readers.append(self._memory)
+        self._provider = MeterProvider(resource=resource, metric_readers=all_readers,
+                                       shutdown_on_exit=False)
+        meter = self._provider.get_meter("stoic")
+        self._invocations = meter.create_counter(
+            "stoic.invocations", unit="1", description="Invocations finished, by outcome")
+        self._errors = meter.create_counter(
+            "stoic.errors", unit="1", description="Invocations that did not succeed")
+        self._restarts = meter.create_counter(
+            "stoic.restarts", unit="1", description="Function instance restarts")
+        self._retries = meter.create_counter(
+            "stoic.retries", unit="1", description="Invocation attempts after the first")
+        self._duration = meter.create_histogram(
+            "stoic.invocation.duration", unit="ms", description="Invocation latency")
+        if prometheus is not None and self._memory is not None:
+            self._server = PrometheusServer(self._memory, prometheus[0], prometheus[1])
+        self._shut = False
+
+    @classmethod
+    def from_env(
+        cls,
+        service_name: str = "stoic",
+        *,
+        node_id: str = "",
+        zone: str = "",
+        role: str = "node",
+        prometheus: tuple[str, int] | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> Metrics:
+        """OTLP metrics export when OTEL_EXPORTER_OTLP_(METRICS_)ENDPOINT is set (and not
+        OTEL_METRICS_EXPORTER=none / OTEL_SDK_DISABLED=true); Prometheus when asked.
+        Raises InvalidTelemetryConfig for unusable OTEL_* values, OSError for a taken port."""
+        env = os.environ if environ is None else environ
+        resource = build_resource(env, service_name=service_name, node_id=node_id,
+                                  zone=zone, role=role)
+        readers: tuple[MetricReader, ...] = ()
+        endpoint = None if sdk_disabled(env) else otlp_endpoint(env, "metrics")
+        if endpoint is not None:
+            from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import (
+                OTLPMetricExporter,
+            )
+
+            interval = env.get("OTEL_METRIC_EXPORT_INTERVAL", "").strip()
+            readers = (PeriodicExportingMetricReader(
+                OTLPMetricExporter(endpoint=endpoint.url, insecure=endpoint.insecure,
+                                   timeout=endpoint.timeout),
+                export_interval_millis=float(interval) if interval else None,
+            ),)
+        return cls(resource, readers=readers, prometheus=prometheus)
+
+    # --- recording (cheap, non-blocking, thread-safe) ---
+
+    def invocation(self, function: str, zone: str, outcome: str, duration_ms: float) -> None:
+        """One finished invocation. `outcome` is "ok" or a failure kind ("error",
+        "timeout", "crashed", "unavailable", ...); anything but "ok" also counts an error."""
+        attrs = {"function": function, "zone": zone}
+        self._duration.record(duration_ms, attrs)
+        with_outcome = {**attrs, "outcome": outcome}
+        self._invocations.add(1, with_outcome)
+        if outcome != "ok":
+            self._errors.add(1, with_outcome)
+
+    def restart(self, function: str, zone: str) -> None:
+        self._restarts.add(1, {"function": function, "zone": zone})
+
+    def retry(self, function: str, zone: str) -> None:
+        self._retries.add(1, {"function": function, "zone": zone})
+
+    # --- reading ---
+
+    @property
+    def prometheus_address(self) -> tuple[str, int] | None:
+        return None if self._server is None else self._server.address
+
+    def snapshot(self) -> MetricsData | None:
+        """Current cumulative data from the in-memory reader (None without Prometheus)."""
+        return None if self._memory is None else self._memory.get_metrics_data()
+
+    def prometheus_text(self) -> str:
+        return render_prometheus(self.snapshot())
+
+    # --- lifecycle ---
+
+    def force_flush(self, timeout: float = 5.0) -> bool:
+        """Export now (blocking, bounded by `timeout` seconds)."""
+        if self._shut:
+            return True
+        return bounded_call(lambda: self._provider.force_flush(int(timeout * 1000)),
+                            timeout, "stoic-metrics-flush")
+
+    def shutdown(self, timeout: float = 5.0) -> bool:
+        """Stop the Prometheus endpoint, flush and stop exporters; idempotent, bounded."""
+        if self._shut:
+            return True
+        self._shut = True
+        if self._server is not None:
+            self._server.shutdown()
+        return bounded_call(lambda: self._provider.shutdown(int(timeout * 1000)), timeout,
+                            "stoic-metrics-shutdown")

@@ -1,0 +1,82 @@
+"""W3C trace context in and out of gRPC metadata and ExecuteRequest.trace_context.
+
+Only the W3C `traceparent`/`tracestate` headers are carried. The propagator is a module
+constant rather than the OpenTelemetry global one, so that no process-wide setting
+(`OTEL_PROPAGATORS`, `set_global_textmap`) can change what goes on Stoic's wire.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+__all__ = ["Carrier", "ParentLike", "extract", "inject", "to_context"]
+
+_W3C = TraceContextTextMapPropagator()
+
+#: What `extract` accepts: a mapping (CallInfo.metadata, ExecuteRequest.trace_context) or
+#: gRPC's `invocation_metadata()` — an iterable of (key, value) pairs or objects with
+#: `.key`/`.value`.
+Carrier = Mapping[str, str] | Iterable[tuple[str, str]]
+
+#: Anything that can name a parent span: metadata, an OTel Context, a Span, a SpanContext,
+#: or None for "whatever span is current in this task".
+ParentLike = Carrier | otel_context.Context | trace.Span | trace.SpanContext | None
+
+
+def _as_dict(carrier: Carrier) -> dict[str, str]:
+    if isinstance(carrier, Mapping):
+        items: Iterable[object] = carrier.items()
+    else:
+        items = carrier
+    out: dict[str, str] = {}
+    for item in items:
+        if isinstance(item, tuple) and len(item) == 2:
+            key, value = item
+        else:  # grpc's _Metadatum namedtuple-likes expose .key/.value
+            key, value = getattr(item, "key", None), getattr(item, "value", None)
+        # Binary metadata (bytes values, "-bin" keys) never carries W3C context.
+        if isinstance(key, str) and isinstance(value, str):
+            out[key.lower()] = value
+    return out
+
+
+def inject(
+    source: otel_context.Context | trace.Span | trace.SpanContext | None = None,
+) -> dict[str, str]:
+    """Return the W3C headers (`traceparent`, maybe `tracestate`) naming `source` as parent.
+
+    `source` is a Context, a Span, a SpanContext, or None for the current span of the calling
+    task. Keys are lowercase, so the dict can be sent as gRPC metadata as-is or stored in
+    `ExecuteRequest.trace_context`. Returns `{}` when there is no valid span (tracing
+    disabled, or no span active), never raises.
+    """
+    ctx = to_context(source)
+    carrier: dict[str, str] = {}
+    _W3C.inject(carrier, context=ctx)
+    return carrier
+
+
+def extract(metadata: Carrier) -> otel_context.Context:
+    """Return an OTel Context whose parent is the remote span named in `metadata`.
+
+    Keys are matched case-insensitively. A missing or malformed `traceparent` gives an empty
+    Context, so spans started from it become roots of a new trace; never raises.
+    """
+    return _W3C.extract(_as_dict(metadata), context=otel_context.Context())
+
+
+def to_context(parent: ParentLike) -> otel_context.Context:
+    """Turn anything `ParentLike` into an OTel Context (None → the current context)."""
+    if parent is None:
+        return otel_context.get_current()
+    if isinstance(parent, otel_context.Context):
+        return parent
+    if isinstance(parent, trace.Span):
+        return trace.set_span_in_context(parent, otel_context.Context())
+    if isinstance(parent, trace.SpanContext):
+        return trace.set_span_in_context(trace.NonRecordingSpan(parent), otel_context.Context())
+    return extract(parent)

@@ -1,0 +1,344 @@
+"""A bounded, local record of finished spans, and a tree view of them for `stoic trace ID`.
+
+Every node keeps its own last N spans so that a trace can be looked at without Jaeger.
+Records are small frozen dataclasses of plain values (`to_dict`/`from_dict` give JSON-safe
+dicts) so that a Control API call can ship them between nodes; `render_tree` accepts the
+union of records gathered from several nodes.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from opentelemetry import context as otel_context
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
+
+__all__ = [
+    "ATTR_ATTEMPT",
+    "ATTR_FUNCTION",
+    "ATTR_INVOCATION_ID",
+    "ATTR_REASON",
+    "ATTR_ROLE",
+    "EventRecord",
+    "LocalRecorder",
+    "SpanRecord",
+    "render_tree",
+]
+
+ATTR_INVOCATION_ID = "stoic.invocation_id"
+ATTR_FUNCTION = "stoic.function"
+ATTR_ATTEMPT = "stoic.attempt"
+ATTR_ROLE = "stoic.role"
+#: Human-readable reason on supervisor events ("killed by SIGKILL"), shown by render_tree.
+ATTR_REASON = "stoic.reason"
+
+AttributeValue = str | bool | int | float | tuple[str | bool | int | float, ...]
+
+
+def _plain(attrs: Mapping[str, Any] | None) -> dict[str, AttributeValue]:
+    if not attrs:
+        return {}
+    return {k: (tuple(v) if isinstance(v, list | tuple) else v) for k, v in attrs.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class EventRecord:
+    """A span event: name, time (unix seconds) and attributes."""
+
+    name: str
+    time: float
+    attributes: Mapping[str, AttributeValue] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class SpanRecord:
+    """One finished span as plain values. Ids are lowercase hex; times are unix seconds.
+
+    `node` and `zone` come from the recording process's resource (`service.instance.id`,
+    `cloud.availability_zone`); `links` are (trace_id, span_id) pairs.
+    """
+
+    name: str
+    trace_id: str
+    span_id: str
+    parent_id: str | None
+    start: float
+    end: float
+    attributes: Mapping[str, AttributeValue] = field(default_factory=dict)
+    events: tuple[EventRecord, ...] = ()
+    status: str = "UNSET"
+    status_description: str = ""
+    kind: str = "INTERNAL"
+    node: str = ""
+    zone: str = ""
+    service: str = ""
+    links: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def duration_ms(self) -> float:
+        return (self.end - self.start) * 1000.0
+
+    @classmethod
+    def from_span(cls, span: ReadableSpan) -> SpanRecord:
+        ctx = span.context
+        parent = span.parent
+        res = span.resource.attributes
+        return cls(
+            name=span.name,
+            trace_id=format(ctx.trace_id, "032x") if ctx else "",
+            span_id=format(ctx.span_id, "016x") if ctx else "",
+            parent_id=format(parent.span_id, "016x") if parent else None,
+            start=(span.start_time or 0) / 1e9,
+            end=(span.end_time or span.start_time or 0) / 1e9,
+            attributes=_plain(span.attributes),
+            events=tuple(
+                EventRecord(e.name, e.timestamp / 1e9, _plain(e.attributes)) for e in span.events
+            ),
+            status=span.status.status_code.name,
+            status_description=span.status.description or "",
+            kind=span.kind.name,
+            node=str(res.get("service.instance.id", "")),
+            zone=str(res.get("cloud.availability_zone", "")),
+            service=str(res.get("service.name", "")),
+            links=tuple(
+                (format(link.context.trace_id, "032x"), format(link.context.span_id, "016x"))
+                for link in span.links
+            ),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-safe dict (tuples become lists)."""
+        return {
+            "name": self.name,
+            "trace_id": self.trace_id,
+            "span_id": self.span_id,
+            "parent_id": self.parent_id,
+            "start": self.start,
+            "end": self.end,
+            "attributes": {k: list(v) if isinstance(v, tuple) else v
+                           for k, v in self.attributes.items()},
+            "events": [
+                {"name": e.name, "time": e.time, "attributes": dict(e.attributes)}
+                for e in self.events
+            ],
+            "status": self.status,
+            "status_description": self.status_description,
+            "kind": self.kind,
+            "node": self.node,
+            "zone": self.zone,
+            "service": self.service,
+            "links": [list(link) for link in self.links],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SpanRecord:
+        """Inverse of `to_dict`. Raises KeyError/TypeError/ValueError on a malformed dict."""
+        return cls(
+            name=str(data["name"]),
+            trace_id=str(data["trace_id"]),
+            span_id=str(data["span_id"]),
+            parent_id=None if data.get("parent_id") is None else str(data["parent_id"]),
+            start=float(data["start"]),
+            end=float(data["end"]),
+            attributes=_plain(data.get("attributes")),
+            events=tuple(
+                EventRecord(str(e["name"]), float(e["time"]), _plain(e.get("attributes")))
+                for e in data.get("events", ())
+            ),
+            status=str(data.get("status", "UNSET")),
+            status_description=str(data.get("status_description", "")),
+            kind=str(data.get("kind", "INTERNAL")),
+            node=str(data.get("node", "")),
+            zone=str(data.get("zone", "")),
+            service=str(data.get("service", "")),
+            links=tuple((str(t), str(s)) for t, s in data.get("links", ())),
+        )
+
+
+class LocalRecorder(SpanProcessor):
+    """A SpanProcessor keeping the last `capacity` finished spans, indexed for look-up.
+
+    Memory is bounded: when full, the oldest span is dropped together with its index
+    entries. `on_end` only appends the SDK's own immutable ReadableSpan under a lock;
+    conversion to `SpanRecord` happens when someone asks. Thread-safe (gRPC server threads,
+    the event loop and exporter threads may all end spans).
+    """
+
+    def __init__(self, capacity: int = 10_000) -> None:
+        if capacity < 1:
+            raise ValueError(f"LocalRecorder capacity must be >= 1, got {capacity!r}")
+        self._capacity = capacity
+        self._lock = threading.Lock()
+        self._spans: collections.deque[ReadableSpan] = collections.deque()
+        self._by_trace: dict[int, collections.deque[ReadableSpan]] = {}
+        self._by_invocation: dict[str, set[int]] = {}
+        self._invocations_of_trace: dict[int, set[str]] = {}
+
+    @property
+    def capacity(self) -> int:
+        return self._capacity
+
+    def __len__(self) -> int:
+        return len(self._spans)
+
+    # --- SpanProcessor ---
+
+    def on_start(self, span: Span, parent_context: otel_context.Context | None = None) -> None:
+        pass
+
+    def on_end(self, span: ReadableSpan) -> None:
+        ctx = span.context
+        if ctx is None:
+            return
+        attrs = span.attributes
+        invocation = attrs.get(ATTR_INVOCATION_ID) if attrs else None
+        with self._lock:
+            if len(self._spans) >= self._capacity:
+                self._evict(self._spans.popleft())
+            self._spans.append(span)
+            bucket = self._by_trace.get(ctx.trace_id)
+            if bucket is None:
+                bucket = self._by_trace[ctx.trace_id] = collections.deque()
+            bucket.append(span)
+            if isinstance(invocation, str):
+                self._by_invocation.setdefault(invocation, set()).add(ctx.trace_id)
+                self._invocations_of_trace.setdefault(ctx.trace_id, set()).add(invocation)
+
+    def _evict(self, old: ReadableSpan) -> None:
+        trace_id = old.context.trace_id if old.context else 0
+        bucket = self._by_trace.get(trace_id)
+        if bucket is None:
+            return
+        # Both deques are in end order, so the globally oldest span is its trace's oldest.
+        if bucket and bucket[0] is old:
+            bucket.popleft()
+        else:
+            bucket.remove(old)
+        if not bucket:
+            del self._by_trace[trace_id]
+            for inv in self._invocations_of_trace.pop(trace_id, ()):
+                traces = self._by_invocation.get(inv)
+                if traces is not None:
+                    traces.discard(trace_id)
+                    if not traces:
+                        del self._by_invocation[inv]
+
+    def shutdown(self) -> None:
+        pass
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return True
+
+    # --- queries ---
+
+    def spans_for_trace(self, trace_id: str | int) -> list[SpanRecord]:
+        """All recorded spans of one trace (hex string or int id), ordered by start time."""
+        tid = int(trace_id, 16) if isinstance(trace_id, str) else trace_id
+        with self._lock:
+            spans = list(self._by_trace.get(tid, ()))
+        return sorted((SpanRecord.from_span(s) for s in spans), key=lambda r: r.start)
+
+    def spans_for_invocation(self, invocation_id: str) -> list[SpanRecord]:
+        """Every recorded span of every trace in which some span carries
+        `stoic.invocation_id == invocation_id` (so child spans without the attribute —
+        handler, store calls — and linked supervisor spans tagged with it are included).
+        Ordered by start time; `[]` if nothing is known here."""
+        with self._lock:
+            traces = sorted(self._by_invocation.get(invocation_id, ()))
+            spans = [s for t in traces for s in self._by_trace.get(t, ())]
+        return sorted((SpanRecord.from_span(s) for s in spans), key=lambda r: r.start)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._spans.clear()
+            self._by_trace.clear()
+            self._by_invocation.clear()
+            self._invocations_of_trace.clear()
+
+
+def _label(record: SpanRecord) -> str:
+    parts = [record.name]
+    attempt = record.attributes.get(ATTR_ATTEMPT)
+    if attempt is not None:
+        parts.append(f"attempt={attempt}")
+    parts.append(f"{record.duration_ms:.1f} ms")
+    where = "/".join(p for p in (record.node, record.zone) if p)
+    if where:
+        parts.append(f"[{where}]")
+    if record.status == "ERROR":
+        parts.append("ERROR" + (f": {record.status_description}"
+                                if record.status_description else ""))
+    return "  ".join(parts)
+
+
+def _event_line(event: EventRecord) -> str:
+    reason = event.attributes.get(ATTR_REASON)
+    if reason is not None:
+        detail = str(reason)
+    else:
+        detail = ", ".join(f"{k}={v}" for k, v in event.attributes.items()
+                           if k != ATTR_INVOCATION_ID)
+    return f"! {event.name}" + (f" ({detail})" if detail else "")
+
+
+def _walk(
+    node: SpanRecord,
+    children: Mapping[str, Sequence[SpanRecord]],
+    lines: list[str],
+    prefix: str,
+    last: bool,
+    top: bool,
+    depth: int,
+) -> None:
+    branch = "" if top else ("└── " if last else "├── ")
+    label = _label(node)
+    if top and node.parent_id is not None:
+        label += f"  (parent {node.parent_id} not recorded here)"
+    lines.append(prefix + branch + label)
+    inner = prefix if top else prefix + ("    " if last else "│   ")
+    kids = sorted(children.get(node.span_id, ()), key=_start)
+    for ev in node.events:
+        lines.append(inner + ("│   " if kids else "    ") + _event_line(ev))
+    if depth >= 256:  # bounded: a cycle in hand-made records cannot recurse forever
+        return
+    for i, kid in enumerate(kids):
+        _walk(kid, children, lines, inner, i == len(kids) - 1, False, depth + 1)
+
+
+def _start(record: SpanRecord) -> float:
+    return record.start
+
+
+def render_tree(records: Iterable[SpanRecord]) -> str:
+    """Render spans as one tree per trace, children ordered by start time, durations in ms.
+
+    Events appear under their span as `! name (reason)`. A span whose parent is not among
+    `records` (recorded on a node that was not asked, or a remote caller) is shown as a root
+    marked `(parent ...)`. Duplicate records (same span id from two sources) are shown once.
+    Never raises on odd input; returns "" for no records.
+    """
+    unique: dict[str, SpanRecord] = {}
+    for r in records:
+        unique.setdefault(r.span_id, r)
+    by_trace: dict[str, list[SpanRecord]] = {}
+    for r in unique.values():
+        by_trace.setdefault(r.trace_id, []).append(r)
+
+    lines: list[str] = []
+    for trace_id, spans in sorted(by_trace.items(), key=lambda kv: min(map(_start, kv[1]))):
+        ids = {r.span_id for r in spans}
+        children: dict[str, list[SpanRecord]] = {}
+        roots: list[SpanRecord] = []
+        for r in spans:
+            if r.parent_id is None or r.parent_id not in ids:
+                roots.append(r)
+            else:
+                children.setdefault(r.parent_id, []).append(r)
+        lines.append(f"trace {trace_id}")
+        for root in sorted(roots, key=_start):
+            _walk(root, children, lines, "", True, True, 0)
+    return "\n".join(lines)

@@ -1,0 +1,275 @@
+"""`Tracing`: one TracerProvider per Node/worker/client, owned and passed around.
+
+Why not the global provider: a Node (or a test running two nodes in one process) owns its
+tracer the way it owns its clock and store. `Tracing` never calls
+`opentelemetry.trace.set_tracer_provider`; code that needs a tracer gets this object. The
+only process-wide state used is what the OTel API itself needs: the *current span* lives
+in a contextvar (so it follows anyio tasks), which is how an instrumented caller's own span
+becomes the parent when no explicit parent is given.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+
+from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider, sampling
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.trace import Link, SpanKind, Status, StatusCode
+from opentelemetry.util.types import Attributes
+
+from runtime._tracing.config import (
+    build_resource,
+    otlp_endpoint,
+    sampler_from_env,
+    sdk_disabled,
+)
+from runtime._tracing.propagation import ParentLike, to_context
+from runtime._tracing.recorder import ATTR_INVOCATION_ID, LocalRecorder, SpanRecord
+
+__all__ = ["SUPERVISOR_EVENTS", "Tracing", "bounded_call"]
+
+#: OTP's report names, reused as span event / span names.
+SUPERVISOR_EVENTS = frozenset({"child_terminated", "start_error", "reached_max_restart_intensity"})
+
+_SCOPE = "stoic"
+
+
+def bounded_call(fn: Callable[[], object], timeout: float, name: str) -> bool:
+    """Run blocking `fn` in a short-lived daemon thread; True if it finished within
+    `timeout` seconds. On timeout the thread is abandoned (it is a daemon), so the caller
+    never waits longer than `timeout` on an unreachable collector."""
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            fn()
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    return done.wait(timeout)
+
+
+class Tracing:
+    """Owns a TracerProvider, a bounded LocalRecorder and (optionally) an OTLP exporter.
+
+    Blocking methods (`force_flush`, `shutdown`) must be called off the event loop
+    (`anyio.to_thread.run_sync`) when used from async code. Everything else is cheap and
+    non-blocking: finished spans are appended to the recorder, and, when exporting, to the
+    BatchSpanProcessor's queue, which a background thread ships in batches.
+    """
+
+    def __init__(
+        self,
+        resource: Resource,
+        *,
+        exporter: SpanExporter | None = None,
+        sampler: sampling.Sampler | None = None,
+        recorder_capacity: int = 10_000,
+        disabled: bool = False,
+    ) -> None:
+        """Build from parts (tests, embedding). `exporter` None → no export, no thread.
+
+        `disabled` → every span is a no-op (not even recorded locally), as OTEL_SDK_DISABLED.
+        Raises ValueError for recorder_capacity < 1.
+        """
+        self._resource = resource
+        self._recorder = LocalRecorder(recorder_capacity)
+        self._disabled = disabled
+        self._exporting = exporter is not None and not disabled
+        self._provider: TracerProvider | None = None
+        self._tracer: trace.Tracer
+        self._shut = False
+        if disabled:
+            self._tracer = trace.NoOpTracer()
+            return
+        # shutdown_on_exit=False: no atexit hook keeping every provider alive; owners call
+        # shutdown() (the Node's stop path, the worker before it exits).
+        provider = TracerProvider(
+            sampler=sampler or sampling.ParentBased(sampling.ALWAYS_ON),
+            resource=resource,
+            shutdown_on_exit=False,
+        )
+        provider.add_span_processor(self._recorder)
+        if exporter is not None:
+            provider.add_span_processor(BatchSpanProcessor(exporter))
+        self._provider = provider
+        self._tracer = provider.get_tracer(_SCOPE)
+
+    @classmethod
+    def from_env(
+        cls,
+        service_name: str = "stoic",
+        *,
+        node_id: str = "",
+        zone: str = "",
+        role: str = "node",
+        environ: Mapping[str, str] | None = None,
+        recorder_capacity: int = 10_000,
+    ) -> Tracing:
+        """Configure from the standard OTEL_* variables (`environ`, default os.environ).
+
+        OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT set → OTLP/gRPC export in a BatchSpanProcessor
+        (OTEL_BSP_* tune it); unset → no exporter and no thread, spans only go to the local
+        recorder. OTEL_TRACES_SAMPLER(_ARG), OTEL_SDK_DISABLED, OTEL_SERVICE_NAME and
+        OTEL_RESOURCE_ATTRIBUTES are honoured. Raises InvalidTelemetryConfig (a ValueError
+        naming the variable) for values Stoic cannot use.
+        """
+        env = os.environ if environ is None else environ
+        resource = build_resource(env, service_name=service_name, node_id=node_id,
+                                  zone=zone, role=role)
+        if sdk_disabled(env):
+            return cls(resource, disabled=True, recorder_capacity=recorder_capacity)
+        sampler = sampler_from_env(env)
+        endpoint = otlp_endpoint(env, "traces")
+        exporter: SpanExporter | None = None
+        if endpoint is not None:
+            # Imported only when exporting: the grpc exporter import is not free.
+            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+            exporter = OTLPSpanExporter(endpoint=endpoint.url, insecure=endpoint.insecure,
+                                        timeout=endpoint.timeout)
+        return cls(resource, exporter=exporter, sampler=sampler,
+                   recorder_capacity=recorder_capacity)
+
+    # --- accessors ---
+
+    @property
+    def tracer(self) -> trace.Tracer:
+        return self._tracer
+
+    @property
+    def resource(self) -> Resource:
+        return self._resource
+
+    @property
+    def recorder(self) -> LocalRecorder:
+        return self._recorder
+
+    @property
+    def exporting(self) -> bool:
+        """True when spans are shipped over OTLP (an endpoint was configured)."""
+        return self._exporting
+
+    @property
+    def enabled(self) -> bool:
+        return not self._disabled
+
+    def spans_for_invocation(self, invocation_id: str) -> list[SpanRecord]:
+        return self._recorder.spans_for_invocation(invocation_id)
+
+    def spans_for_trace(self, trace_id: str | int) -> list[SpanRecord]:
+        return self._recorder.spans_for_trace(trace_id)
+
+    # --- spans ---
+
+    @contextmanager
+    def start_span(
+        self,
+        name: str,
+        *,
+        parent: ParentLike = None,
+        kind: SpanKind = SpanKind.INTERNAL,
+        attributes: Attributes = None,
+        links: Sequence[Link] = (),
+    ) -> Iterator[trace.Span]:
+        """Start a span, make it current for the block, end it on exit.
+
+        `parent`: gRPC metadata / ExecuteRequest.trace_context (W3C headers), an OTel
+        Context, a Span or SpanContext, or None for the task's current span. Metadata with
+        no valid `traceparent` starts a new trace. An exception leaving the block is recorded
+        on the span (status ERROR) and re-raised; a cancellation (BaseException such as
+        anyio's cancel exception) sets status ERROR "cancelled: <type>" without a stack
+        trace event and is re-raised.
+        """
+        ctx = to_context(parent)
+        with self._tracer.start_as_current_span(
+            name, context=ctx, kind=kind, attributes=attributes, links=links,
+            record_exception=False, set_status_on_exception=False,
+        ) as span:
+            try:
+                yield span
+            except Exception as exc:
+                span.record_exception(exc)
+                span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+                raise
+            except BaseException as exc:
+                span.set_status(Status(StatusCode.ERROR, f"cancelled: {type(exc).__name__}"))
+                raise
+
+    def record_supervisor_event(
+        self,
+        span: trace.Span | trace.SpanContext | None,
+        kind: str,
+        attributes: Attributes = None,
+    ) -> trace.SpanContext:
+        """Put a supervisor report on the invocation's span and in a linked span of its own.
+
+        Adds an event named `kind` (child_terminated | start_error |
+        reached_max_restart_intensity) to `span` if it is still recording — call this before
+        ending the attempt's span — and starts+ends a short span named `kind`, linked to
+        `span`, parented on the caller's current span (the supervisor's own trace) or a new
+        root. The linked span copies `stoic.invocation_id` from `span` when it has one, so
+        `spans_for_invocation` finds it. Put a readable reason in `stoic.reason`. Returns
+        the linked span's context. Raises ValueError for an unknown `kind`.
+        """
+        if kind not in SUPERVISOR_EVENTS:
+            raise ValueError(f"unknown supervisor event {kind!r}: expected one of "
+                             f"{sorted(SUPERVISOR_EVENTS)}")
+        attrs = dict(attributes or {})
+        target_ctx: trace.SpanContext | None
+        if isinstance(span, trace.Span):
+            target_ctx = span.get_span_context()
+            span_attrs = getattr(span, "attributes", None)
+            if ATTR_INVOCATION_ID not in attrs and span_attrs:
+                inv = span_attrs.get(ATTR_INVOCATION_ID)
+                if inv is not None:
+                    attrs[ATTR_INVOCATION_ID] = inv
+            if span.is_recording():
+                span.add_event(kind, attrs)
+        else:
+            target_ctx = span
+        links = [Link(target_ctx)] if target_ctx is not None and target_ctx.is_valid else []
+        with self._tracer.start_as_current_span(kind, attributes=attrs, links=links) as own:
+            own.add_event(kind, attrs)
+            return own.get_span_context()
+
+    # --- lifecycle ---
+
+    def force_flush(self, timeout: float = 5.0) -> bool:
+        """Export everything finished so far; True if done within `timeout` seconds.
+
+        Blocking (call via anyio.to_thread from async code). No-op without an exporter.
+        """
+        provider = self._provider
+        if provider is None or not self._exporting or self._shut:
+            return True
+        return bounded_call(lambda: provider.force_flush(int(timeout * 1000)), timeout,
+                            "stoic-tracing-flush")
+
+    def shutdown(self, timeout: float = 5.0) -> bool:
+        """Flush and stop exporting, waiting at most `timeout` seconds; idempotent.
+
+        After shutdown new spans are still created but no longer exported or recorded.
+        Returns False if the exporter did not finish in time (its daemon thread is then
+        abandoned). Blocking (call via anyio.to_thread from async code).
+        """
+        provider = self._provider
+        if provider is None or self._shut:
+            return True
+        self._shut = True
+        if not self._exporting:
+            provider.shutdown()
+            return True
+        return bounded_call(provider.shutdown, timeout, "stoic-tracing-shutdown")
+
+    def __enter__(self) -> Tracing:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
