@@ -42,3 +42,27 @@ __all__ += ["AsyncClient", "Client", "InvokeResult"]
 # --- store (issue 4) ---
 
 # --- tracing (issue 7) ---
+from runtime._tracing import (  # noqa: E402
+    ATTR_ATTEMPT,
+    ATTR_FUNCTION,
+    ATTR_INVOCATION_ID,
+    ATTR_REASON,
+    ATTR_ROLE,
+    SUPERVISOR_EVENTS,
+    EventRecord,
+    InvalidTelemetryConfig,
+    LocalRecorder,
+    Metrics,
+    SpanRecord,
+    Tracing,
+    build_resource,
+    extract,
+    inject,
+    render_tree,
+)
+
+__all__ += [
+    "Tracing", "Metrics", "LocalRecorder", "SpanRecord", "EventRecord", "render_tree",
+    "inject", "extract", "build_resource", "InvalidTelemetryConfig", "SUPERVISOR_EVENTS",
+    "ATTR_INVOCATION_ID", "ATTR_FUNCTION", "ATTR_ATTEMPT", "ATTR_REASON", "ATTR_ROLE",
+]
