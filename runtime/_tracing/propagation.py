@@ -20,7 +20,7 @@ _W3C = TraceContextTextMapPropagator()
 #: What `extract` accepts: a mapping (CallInfo.metadata, ExecuteRequest.trace_context) or
 #: gRPC's `invocation_metadata()` — an iterable of (key, value) pairs or objects with
 #: `.key`/`.value`.
-Carrier = Mapping[str, str] | Iterable[tuple[str, str]]
+Carrier = Mapping[str, str] | Iterable[tuple[str, str | bytes]]
 
 #: Anything that can name a parent span: metadata, an OTel Context, a Span, a SpanContext,
 #: or None for "whatever span is current in this task".

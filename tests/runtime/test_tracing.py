@@ -1,0 +1,393 @@
+"""Tracing: export to a real OTLP/gRPC receiver, propagation across processes, supervisor
+events, the bounded local recorder, the tree view, metrics (issue 7)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+from opentelemetry.trace import SpanKind
+
+import runtime
+from runtime import (
+    ATTR_ATTEMPT,
+    ATTR_INVOCATION_ID,
+    ATTR_REASON,
+    EventRecord,
+    InvalidTelemetryConfig,
+    LocalRecorder,
+    Metrics,
+    SpanRecord,
+    Tracing,
+    _tracing,
+    extract,
+    inject,
+    render_tree,
+)
+from tests.fixtures import otlp
+from tests.fixtures.otlp import OtlpReceiver
+
+otlp_receiver = otlp.otlp_receiver  # the fixture, shared from tests/fixtures
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _env(rx: OtlpReceiver, **extra: str) -> dict[str, str]:
+    return {"OTEL_EXPORTER_OTLP_ENDPOINT": rx.endpoint, "OTEL_BSP_SCHEDULE_DELAY": "50", **extra}
+
+
+def _otel_threads() -> set[str]:
+    return {t.name for t in threading.enumerate() if t.name.startswith("Otel")}
+
+
+# --- export and propagation ---------------------------------------------------------------
+
+
+def test_spans_cross_a_propagation_boundary_into_one_trace(otlp_receiver: OtlpReceiver) -> None:
+    """Two Tracings (as two nodes in two zones) export to the receiver; the second one's
+    span is the child of the first's through W3C headers in gRPC-style metadata."""
+    node_a = Tracing.from_env(node_id="node-a", zone="zone-a", environ=_env(otlp_receiver))
+    node_b = Tracing.from_env(node_id="node-b", zone="zone-b", environ=_env(otlp_receiver))
+    try:
+        assert node_a.exporting and node_b.exporting
+        with node_a.start_span("invoke", kind=SpanKind.SERVER,
+                               attributes={ATTR_INVOCATION_ID: "inv-1"}) as root:
+            metadata = list(inject().items())  # grpc metadata: a sequence of pairs
+        with node_b.start_span("worker.execute", parent=metadata,
+                               attributes={ATTR_ATTEMPT: 1}) as child:
+            pass
+        assert node_a.force_flush() and node_b.force_flush()
+        spans = otlp_receiver.wait_for(lambda ss: {"invoke", "worker.execute"} <= {s.name for s in ss})
+    finally:
+        node_a.shutdown()
+        node_b.shutdown()
+
+    by_name = {s.name: s for s in spans}
+    invoke, execute = by_name["invoke"], by_name["worker.execute"]
+    root_ctx, child_ctx = root.get_span_context(), child.get_span_context()
+    assert invoke.trace_id == execute.trace_id == format(root_ctx.trace_id, "032x")
+    assert invoke.parent_id is None
+    assert execute.parent_id == invoke.span_id == format(root_ctx.span_id, "016x")
+    assert execute.span_id == format(child_ctx.span_id, "016x")
+    assert invoke.resource["service.name"] == "stoic"
+    assert (invoke.node, invoke.zone) == ("node-a", "zone-a")
+    assert (execute.node, execute.zone) == ("node-b", "zone-b")
+    assert execute.resource["stoic.role"] == "node"
+    assert invoke.attributes[ATTR_INVOCATION_ID] == "inv-1"
+    assert execute.attributes[ATTR_ATTEMPT] == 1
+
+
+_CHILD_SCRIPT = """
+import os, sys
+from runtime import Tracing, ATTR_ATTEMPT
+tracing = Tracing.from_env(node_id=sys.argv[1], zone="zone-b", role="worker")
+with tracing.start_span("handler", parent={"traceparent": os.environ["STOIC_TEST_TRACEPARENT"]},
+                        attributes={ATTR_ATTEMPT: 2}):
+    pass
+sys.exit(0 if tracing.shutdown(timeout=10.0) else 3)
+"""
+
+
+def test_real_subprocess_continues_the_trace(otlp_receiver: OtlpReceiver) -> None:
+    parent = Tracing.from_env(node_id="node-a", zone="zone-a", environ=_env(otlp_receiver))
+    try:
+        with parent.start_span("node.receive") as span:
+            headers = inject(span)
+        env = {**os.environ, **_env(otlp_receiver),
+               "STOIC_TEST_TRACEPARENT": headers["traceparent"]}
+        env.pop("OTEL_SDK_DISABLED", None)
+        proc = subprocess.run([sys.executable, "-c", _CHILD_SCRIPT, "worker-7"], cwd=REPO,
+                              env=env, capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        parent.force_flush()
+        spans = otlp_receiver.wait_for(lambda ss: {"handler", "node.receive"} <= {s.name for s in ss})
+    finally:
+        parent.shutdown()
+    by_name = {s.name: s for s in spans}
+    handler, receive = by_name["handler"], by_name["node.receive"]
+    assert handler.trace_id == receive.trace_id
+    assert handler.parent_id == receive.span_id
+    assert (handler.node, handler.zone, handler.resource["stoic.role"]) == (
+        "worker-7", "zone-b", "worker")
+    assert handler.attributes[ATTR_ATTEMPT] == 2
+
+
+def test_supervisor_event_on_the_invocation_span_and_a_linked_span(
+        otlp_receiver: OtlpReceiver) -> None:
+    tracing = Tracing.from_env(node_id="node-a", zone="zone-a", environ=_env(otlp_receiver))
+    try:
+        with tracing.start_span("invoke", attributes={ATTR_INVOCATION_ID: "inv-9"}):
+            with tracing.start_span("attempt", attributes={ATTR_ATTEMPT: 1}) as attempt:
+                pass_through = attempt
+        # The supervisor notices the crash in its own task, with no span current.
+        with tracing.start_span("attempt", attributes={ATTR_ATTEMPT: 2}) as attempt2:
+            pass
+        del pass_through, attempt2
+        with tracing.start_span("invoke2", attributes={ATTR_INVOCATION_ID: "inv-10"}) as inv:
+            span_ctx = inv.get_span_context()
+            linked_ctx = tracing.record_supervisor_event(
+                inv, "child_terminated", {ATTR_REASON: "killed by SIGKILL"})
+        tracing.force_flush()
+        spans = otlp_receiver.wait_for(
+            lambda ss: sum(s.name in ("invoke2", "child_terminated") for s in ss) == 2)
+    finally:
+        tracing.shutdown()
+    with pytest.raises(ValueError, match="unknown supervisor event"):
+        tracing.record_supervisor_event(None, "child_crashed")
+
+    by_name = {s.name: s for s in spans}
+    invoke, own = by_name["invoke2"], by_name["child_terminated"]
+    assert [(e.name, e.attributes[ATTR_REASON]) for e in invoke.events] == [
+        ("child_terminated", "killed by SIGKILL")]
+    assert own.links == ((format(span_ctx.trace_id, "032x"), format(span_ctx.span_id, "016x")),)
+    assert own.span_id == format(linked_ctx.span_id, "016x")
+    assert own.attributes[ATTR_INVOCATION_ID] == "inv-10"
+    # Local view: the invocation's trees include the linked span (tagged with the id).
+    names = {r.name for r in tracing.spans_for_invocation("inv-10")}
+    assert names == {"invoke2", "child_terminated"}
+
+
+def test_start_span_records_errors_and_cancellation() -> None:
+    tracing = Tracing.from_env(environ={})
+    with pytest.raises(KeyError), tracing.start_span("boom", attributes={ATTR_INVOCATION_ID: "e"}):
+        raise KeyError("missing")
+    with pytest.raises(KeyboardInterrupt), tracing.start_span(
+            "cut", attributes={ATTR_INVOCATION_ID: "e"}):
+        raise KeyboardInterrupt
+    by_name = {r.name: r for r in tracing.spans_for_invocation("e")}
+    assert by_name["boom"].status == "ERROR"
+    assert [e.name for e in by_name["boom"].events] == ["exception"]
+    assert by_name["cut"].status_description == "cancelled: KeyboardInterrupt"
+    assert by_name["cut"].events == ()
+
+
+def test_propagation_accepts_metadata_shapes_and_never_raises() -> None:
+    tracing = Tracing.from_env(environ={})
+    assert inject() == {}  # no current span
+    with tracing.start_span("root") as span:
+        headers = inject()
+    tp = headers["traceparent"]
+    ctx = span.get_span_context()
+
+    class Metadatum:  # grpc's invocation_metadata() items
+        def __init__(self, key: str, value: str | bytes) -> None:
+            self.key, self.value = key, value
+
+    carriers: list[Any] = [{"traceparent": tp}, {"TraceParent": tp}, [("traceparent", tp)],
+                           [Metadatum("x-bin", b"\x00"), Metadatum("traceparent", tp)]]
+    for carrier in carriers:
+        with tracing.start_span("child", parent=carrier) as child:
+            pass
+        assert child.get_span_context().trace_id == ctx.trace_id
+        assert child.parent is not None and child.parent.span_id == ctx.span_id  # type: ignore[attr-defined]
+    for bad in ({}, {"traceparent": "garbage"}, {"traceparent": "00-" + "0" * 32 + "-" + "0" * 16 + "-01"}):
+        assert extract(bad) == {}
+        with tracing.start_span("fresh", parent=bad) as fresh:
+            pass
+        assert fresh.get_span_context().trace_id != ctx.trace_id
+        assert fresh.parent is None  # type: ignore[attr-defined]
+    # A SpanContext (e.g. kept by a supervisor) works as a parent too.
+    with tracing.start_span("from-ctx", parent=ctx) as kid:
+        pass
+    assert kid.parent.span_id == ctx.span_id  # type: ignore[attr-defined]
+
+
+# --- disabled / local only ------------------------------------------------------------------
+
+
+def test_no_endpoint_means_no_exporter_thread_and_a_bounded_recorder() -> None:
+    before = _otel_threads()
+    threads_before = {t.ident for t in threading.enumerate()}
+    tracing = Tracing.from_env(node_id="n", zone="z", environ={}, recorder_capacity=100)
+    for i in range(350):
+        with tracing.start_span("invoke", attributes={ATTR_INVOCATION_ID: f"inv-{i}"}):
+            pass
+    assert not tracing.exporting
+    assert _otel_threads() == before == set()
+    assert {t.ident for t in threading.enumerate()} == threads_before
+    recorder = tracing.recorder
+    assert len(recorder) == 100
+    assert len(recorder._by_trace) == 100 and len(recorder._by_invocation) == 100
+    assert len(recorder._invocations_of_trace) == 100
+    assert tracing.spans_for_invocation("inv-0") == []
+    assert [r.name for r in tracing.spans_for_invocation("inv-349")] == ["invoke"]
+    assert tracing.shutdown() and tracing.force_flush()
+
+
+def test_exporter_thread_exists_only_while_exporting(otlp_receiver: OtlpReceiver) -> None:
+    tracing = Tracing.from_env(environ=_env(otlp_receiver))
+    assert "OtelBatchSpanRecordProcessor" in _otel_threads()
+    assert tracing.shutdown(timeout=5.0)
+    assert "OtelBatchSpanRecordProcessor" not in _otel_threads()
+
+
+def test_sdk_disabled_records_nothing() -> None:
+    tracing = Tracing.from_env(environ={"OTEL_SDK_DISABLED": "true",
+                                        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9"})
+    with tracing.start_span("x", attributes={ATTR_INVOCATION_ID: "i"}) as span:
+        assert inject(span) == {}
+    assert not tracing.enabled and not tracing.exporting
+    assert len(tracing.recorder) == 0 and _otel_threads() == set()
+
+
+def test_recorder_evicts_oldest_across_shared_traces() -> None:
+    recorder = LocalRecorder(capacity=3)
+    tracing = Tracing.from_env(environ={})
+    tracing._provider.add_span_processor(recorder)  # type: ignore[union-attr]
+    with tracing.start_span("a", attributes={ATTR_INVOCATION_ID: "one"}):
+        with tracing.start_span("a1"):
+            pass
+    with tracing.start_span("b", attributes={ATTR_INVOCATION_ID: "two"}):
+        pass
+    assert [r.name for r in recorder.spans_for_invocation("one")] == ["a", "a1"]
+    with tracing.start_span("c"):
+        pass
+    # a1 (ended first) was evicted; the trace of "one" still has its root.
+    assert [r.name for r in recorder.spans_for_invocation("one")] == ["a"]
+    with tracing.start_span("d"):
+        pass
+    assert recorder.spans_for_invocation("one") == []
+    assert len(recorder) == 3 and "one" not in recorder._by_invocation
+    assert [r.name for r in recorder.spans_for_invocation("two")] == ["b"]
+    with pytest.raises(ValueError, match="capacity"):
+        LocalRecorder(capacity=0)
+
+
+# --- configuration ------------------------------------------------------------------------
+
+
+def test_resource_and_sampler_follow_otel_env() -> None:
+    tracing = Tracing.from_env(node_id="n1", zone="eu-1a", role="client", environ={
+        "OTEL_SERVICE_NAME": "shop",
+        "OTEL_RESOURCE_ATTRIBUTES": "deployment.environment=test,service.instance.id=wrong",
+    })
+    attrs = tracing.resource.attributes
+    assert attrs["service.name"] == "shop"
+    assert attrs["deployment.environment"] == "test"
+    assert attrs["service.instance.id"] == "n1"  # what the node knows wins
+    assert (attrs["cloud.availability_zone"], attrs["stoic.role"]) == ("eu-1a", "client")
+
+    off = Tracing.from_env(environ={"OTEL_TRACES_SAMPLER": "always_off"})
+    with off.start_span("x"):
+        pass
+    assert len(off.recorder) == 0
+    with pytest.raises(InvalidTelemetryConfig, match="OTEL_TRACES_SAMPLER"):
+        Tracing.from_env(environ={"OTEL_TRACES_SAMPLER": "sometimes"})
+    with pytest.raises(InvalidTelemetryConfig, match="OTEL_TRACES_SAMPLER_ARG"):
+        Tracing.from_env(environ={"OTEL_TRACES_SAMPLER": "traceidratio",
+                                  "OTEL_TRACES_SAMPLER_ARG": "2"})
+    with pytest.raises(InvalidTelemetryConfig, match="OTEL_EXPORTER_OTLP_PROTOCOL"):
+        Tracing.from_env(environ={"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9",
+                                  "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"})
+    none = Tracing.from_env(environ={"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9",
+                                     "OTEL_TRACES_EXPORTER": "none"})
+    assert not none.exporting
+
+
+# --- records and the tree view ------------------------------------------------------------
+
+
+def test_render_tree_shape() -> None:
+    t = "ab" * 16
+
+    def rec(name: str, sid: str, parent: str | None, start: float, end: float, **kw: object) -> SpanRecord:
+        return SpanRecord(name=name, trace_id=t, span_id=sid * 16, parent_id=parent and parent * 16,
+                          start=start, end=end, **kw)  # type: ignore[arg-type]
+
+    records = [
+        rec("worker.execute", "3", "2", 100.002, 100.0045, node="b", zone="zone-b",
+            attributes={ATTR_ATTEMPT: 1}, status="ERROR", status_description="InstanceCrashed",
+            events=(EventRecord("child_terminated", 100.0045, {ATTR_REASON: "killed by SIGKILL"}),)),
+        rec("invoke", "1", None, 100.0, 100.0123, node="a", zone="zone-a"),
+        rec("node.receive", "2", "1", 100.001, 100.012, node="a", zone="zone-a"),
+        rec("worker.execute", "4", "2", 100.005, 100.011, node="c", zone="zone-c",
+            attributes={ATTR_ATTEMPT: 2}),
+        rec("store.get", "5", "9", 100.006, 100.007),  # parent recorded elsewhere
+    ]
+    assert render_tree(records + records[:1]) == "\n".join([
+        f"trace {t}",
+        "invoke  12.3 ms  [a/zone-a]",
+        "└── node.receive  11.0 ms  [a/zone-a]",
+        "    ├── worker.execute  attempt=1  2.5 ms  [b/zone-b]  ERROR: InstanceCrashed",
+        "    │       ! child_terminated (killed by SIGKILL)",
+        "    └── worker.execute  attempt=2  6.0 ms  [c/zone-c]",
+        "store.get  1.0 ms  (parent 9999999999999999 not recorded here)",
+    ])
+    assert render_tree([]) == ""
+
+
+def test_span_record_round_trips_through_plain_dicts() -> None:
+    tracing = Tracing.from_env(node_id="n", zone="z", environ={})
+    with tracing.start_span("invoke", attributes={ATTR_INVOCATION_ID: "r", "tags": ["x", "y"]}) as s:
+        tracing.record_supervisor_event(s, "start_error", {ATTR_REASON: "bad import"})
+    records = tracing.spans_for_invocation("r")
+    assert {r.name for r in records} == {"invoke", "start_error"}
+    for record in records:
+        assert SpanRecord.from_dict(record.to_dict()) == record
+    invoke = next(r for r in records if r.name == "invoke")
+    assert (invoke.node, invoke.zone, invoke.attributes["tags"]) == ("n", "z", ("x", "y"))
+    assert invoke.events[0].attributes == {ATTR_REASON: "bad import", ATTR_INVOCATION_ID: "r"}
+
+
+# --- metrics ------------------------------------------------------------------------------
+
+
+def test_metrics_prometheus_endpoint() -> None:
+    before = {t.name for t in threading.enumerate()}
+    metrics = Metrics.from_env(node_id="n", zone="zone-a", environ={}, prometheus=("127.0.0.1", 0))
+    try:
+        metrics.invocation("hello", "zone-a", "ok", 3.0)
+        metrics.invocation("hello", "zone-a", "crashed", 30.0)
+        metrics.restart("hello", "zone-a")
+        metrics.retry("hello", "zone-a")
+        address = metrics.prometheus_address
+        assert address is not None
+        with urllib.request.urlopen(f"http://{address[0]}:{address[1]}/metrics", timeout=5) as r:
+            body = r.read().decode()
+    finally:
+        metrics.shutdown()
+    lines = set(body.splitlines())
+    assert 'stoic_invocations_total{function="hello",outcome="ok",zone="zone-a"} 1' in lines
+    assert 'stoic_errors_total{function="hello",outcome="crashed",zone="zone-a"} 1' in lines
+    assert 'stoic_restarts_total{function="hello",zone="zone-a"} 1' in lines
+    assert 'stoic_retries_total{function="hello",zone="zone-a"} 1' in lines
+    assert 'stoic_invocation_duration_ms_count{function="hello",zone="zone-a"} 2' in lines
+    assert 'stoic_invocation_duration_ms_sum{function="hello",zone="zone-a"} 33.0' in lines
+    assert 'stoic_invocation_duration_ms_bucket{function="hello",zone="zone-a",le="5.0"} 1' in lines
+    assert 'stoic_invocation_duration_ms_bucket{function="hello",zone="zone-a",le="+Inf"} 2' in lines
+    assert "# TYPE stoic_invocation_duration_ms histogram" in lines
+    assert {t.name for t in threading.enumerate()} <= before | {"stoic-metrics-shutdown"}
+
+
+def test_metrics_without_endpoint_have_no_threads_and_export_over_otlp_with_one(
+        otlp_receiver: OtlpReceiver) -> None:
+    before = {t.name for t in threading.enumerate()}
+    quiet = Metrics.from_env(environ={})
+    quiet.invocation("f", "z", "ok", 1.0)
+    assert {t.name for t in threading.enumerate()} == before
+    assert quiet.prometheus_address is None and quiet.prometheus_text() == ""
+    quiet.shutdown()
+
+    metrics = Metrics.from_env(node_id="n", zone="z", environ={
+        "OTEL_EXPORTER_OTLP_ENDPOINT": otlp_receiver.endpoint,
+        "OTEL_METRIC_EXPORT_INTERVAL": "600000"})
+    try:
+        assert "OtelPeriodicExportingMetricReader" in _otel_threads()
+        metrics.invocation("f", "z", "error", 2.0)
+        metrics.retry("f", "z")
+        assert metrics.force_flush()
+        otlp_receiver.wait_for_metrics({"stoic.invocations", "stoic.errors", "stoic.retries",
+                                        "stoic.invocation.duration"})
+    finally:
+        assert metrics.shutdown()
+
+
+def test_public_api_is_exported() -> None:
+    for name in _tracing.__all__:
+        assert name in runtime.__all__ and getattr(runtime, name) is getattr(_tracing, name)
