@@ -995,6 +995,22 @@ def _scope_timeout() -> float | None:
     return max(deadline - anyio.current_time(), 0.0)
 
 
+async def _unary(call: Any) -> Any:
+    """Await a grpc.aio unary call so that anyio cancellation works: grpc re-raises a
+    cancellation as a CancelledError of its own, which an anyio cancel scope would not
+    recognize (it would escape `fail_after`/`move_on_after`). So wait on an anyio Event
+    set when the call is done, cancel the RPC if that wait is cancelled, and only then
+    collect the (finished) call's result."""
+    done = anyio.Event()
+    call.add_done_callback(lambda _call: done.set())
+    try:
+        await done.wait()
+    except BaseException:
+        call.cancel()
+        raise
+    return await call
+
+
 def error_from_rpc(exc: grpc.aio.AioRpcError) -> StoicError:
     """The Stoic exception for a failed RPC (caller does `raise error_from_rpc(e) from e`).
 
@@ -1037,10 +1053,9 @@ class InvokerStub:
         metadata: Mapping[str, str] | None = None,
     ) -> InvokeResult:
         try:
-            msg = await self._stub.Invoke(
-                request.to_proto(), timeout=_scope_timeout(),
-                metadata=_metadata(metadata),
-            )
+            msg = await _unary(self._stub.Invoke(
+                request.to_proto(), timeout=_scope_timeout(), metadata=_metadata(metadata)
+            ))
         except grpc.aio.AioRpcError as exc:
             raise error_from_rpc(exc) from exc
         return InvokeResult.from_proto(msg)
@@ -1052,10 +1067,9 @@ class InvokerStub:
         metadata: Mapping[str, str] | None = None,
     ) -> str:
         try:
-            msg = await self._stub.InvokeAsync(
-                request.to_proto(), timeout=_scope_timeout(),
-                metadata=_metadata(metadata),
-            )
+            msg = await _unary(self._stub.InvokeAsync(
+                request.to_proto(), timeout=_scope_timeout(), metadata=_metadata(metadata)
+            ))
         except grpc.aio.AioRpcError as exc:
             raise error_from_rpc(exc) from exc
         return str(msg.invocation_id)
@@ -1067,10 +1081,10 @@ class InvokerStub:
         metadata: Mapping[str, str] | None = None,
     ) -> InvocationInfo:
         try:
-            msg = await self._stub.GetInvocation(
+            msg = await _unary(self._stub.GetInvocation(
                 invoker_pb2.GetInvocationRequest(invocation_id=invocation_id),
                 timeout=_scope_timeout(), metadata=_metadata(metadata),
-            )
+            ))
         except grpc.aio.AioRpcError as exc:
             raise error_from_rpc(exc) from exc
         return InvocationInfo.from_proto(msg)
@@ -1086,8 +1100,8 @@ class ControlStub:
         self, method: Any, request: Any, metadata: Mapping[str, str] | None
     ) -> Any:
         try:
-            return await method(
-                request, timeout=_scope_timeout(), metadata=_metadata(metadata)
+            return await _unary(
+                method(request, timeout=_scope_timeout(), metadata=_metadata(metadata))
             )
         except grpc.aio.AioRpcError as exc:
             raise error_from_rpc(exc) from exc
@@ -1126,6 +1140,16 @@ class ControlStub:
 
 
 # --------------------------------------------------------------------------- worker stream
+
+
+async def _wait_ready(channel: grpc.aio.Channel) -> None:
+    """Wait until `channel` is connected, bounded by the caller's scope. Polls the
+    connectivity state instead of awaiting grpc's `channel_ready()`: that one, when
+    cancelled, leaves callbacks behind that fire into a closed event loop later."""
+    delay = 0.001
+    while channel.get_state(try_to_connect=True) is not grpc.ChannelConnectivity.READY:
+        await anyio.sleep(delay)
+        delay = min(delay * 2, 0.05)
 
 
 _EOF: Any = grpc.aio.EOF  # type: ignore[attr-defined]
@@ -1179,17 +1203,15 @@ class WorkerStreamClient:
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Connect, open the stream, report started, then read responses until the stream
         ends, breaks or `aclose()` is called. Never raises for a broken stream (the waiters
-        get InstanceCrashed); raises `InstanceCrashed` if the connection cannot be made
-        before the caller's scope deadline. Cancellation closes the channel."""
+        get InstanceCrashed). Waits for the connection as long as the caller's scope
+        allows (bound it: `with anyio.fail_after(t): await tg.start(worker.run)`).
+        Cancellation closes the channel."""
         reason = "worker stream closed"
         channel = open_channel(self.target, max_payload_bytes=self._max)
         try:
             with anyio.CancelScope() as scope:
                 self._scope = scope
-                try:
-                    await channel.channel_ready()
-                except Exception as exc:  # grpc raises asyncio errors on a closed channel
-                    raise InstanceCrashed(f"cannot connect to worker {self.name}: {exc}") from exc
+                await _wait_ready(channel)
                 self._stub = worker_pb2_grpc.WorkerStub(channel)
                 self._call = self._stub.Execute()
                 task_status.started()
@@ -1260,9 +1282,7 @@ class WorkerStreamClient:
         if self._stub is None:
             raise InstanceCrashed(f"worker {self.name} is not connected")
         try:
-            msg = await self._stub.Ping(
-                worker_pb2.PingRequest(), timeout=_scope_timeout()
-            )
+            msg = await _unary(self._stub.Ping(worker_pb2.PingRequest(), timeout=_scope_timeout()))
         except grpc.aio.AioRpcError as exc:
             if exc.code() is grpc.StatusCode.DEADLINE_EXCEEDED:
                 raise InvocationTimeout(f"worker {self.name} did not answer a ping") from exc
