@@ -31,6 +31,7 @@ import anyio
 import anyio.abc
 import grpc
 import grpc.aio
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from grpc_health.v1 import _async as health_async
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
@@ -1188,7 +1189,7 @@ class WorkerStreamClient:
         self._stub: Any = None
         self._broken: str | None = None
         self._scope: anyio.CancelScope | None = None
-        self._write_lock = anyio.Lock()
+        self._outbox: MemoryObjectSendStream[Any] | None = None
         self._tg: anyio.abc.TaskGroup | None = None
 
     @property
@@ -1214,14 +1215,29 @@ class WorkerStreamClient:
                 await _wait_ready(channel)
                 self._stub = worker_pb2_grpc.WorkerStub(channel)
                 self._call = self._stub.Execute()
-                task_status.started()
-                reason = await self._read_loop()
+                send, receive = anyio.create_memory_object_stream[Any](math.inf)
+                self._outbox = send
+                async with anyio.create_task_group() as tg, send, receive:
+                    tg.start_soon(self._write_loop, receive)
+                    task_status.started()
+                    reason = await self._read_loop()
+                    tg.cancel_scope.cancel()
         finally:
             self._fail_all(reason)
             with anyio.CancelScope(shield=True):  # cleanup must finish even when cancelled
                 if self._call is not None:
                     self._call.cancel()
                 await channel.close(None)
+
+    async def _write_loop(self, receive: MemoryObjectReceiveStream[Any]) -> None:
+        # The only writer on the stream. Callers hand messages over instead of writing
+        # themselves, because grpc cancels the whole stream when a write is cancelled:
+        # one caller giving up must not break the stream for everyone else.
+        async for msg in receive:
+            try:
+                await self._call.write(msg)
+            except (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError):
+                return  # the stream is broken; the read loop reports why
 
     async def _read_loop(self) -> str:
         call = self._call
@@ -1251,7 +1267,7 @@ class WorkerStreamClient:
         wait only: the worker still runs the attempt (kill the process to stop it)."""
         if self._broken is not None:
             raise InstanceCrashed(self._broken)
-        if self._call is None:
+        if self._outbox is None:
             raise InstanceCrashed(f"worker {self.name} stream is not open (run() not started)")
         seq = self._next_seq
         self._next_seq += 1
@@ -1259,11 +1275,10 @@ class WorkerStreamClient:
         self._pending[seq] = waiter
         try:
             try:
-                async with self._write_lock:
-                    await self._call.write(request.to_proto(seq))
-            except (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError) as exc:
+                self._outbox.send_nowait(request.to_proto(seq))  # unbounded: never blocks
+            except (anyio.ClosedResourceError, anyio.BrokenResourceError) as exc:
                 raise InstanceCrashed(
-                    self._broken or f"worker {self.name} stream broke while sending: {exc}"
+                    self._broken or f"worker {self.name} stream is closed"
                 ) from exc
             await waiter.done.wait()
         finally:
