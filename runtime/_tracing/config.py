@@ -16,8 +16,8 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import sampling
 from opentelemetry.sdk.version import __version__ as _sdk_version
 
-__all__ = ["InvalidTelemetryConfig", "OtlpEndpoint", "build_resource", "otlp_endpoint",
-           "sampler_from_env", "sdk_disabled"]
+__all__ = ["InvalidTelemetryConfig", "OtlpEndpoint", "batch_options", "build_resource",
+           "otlp_endpoint", "sampler_from_env", "sdk_disabled"]
 
 
 class InvalidTelemetryConfig(ValueError):
@@ -86,6 +86,28 @@ def otlp_endpoint(env: Mapping[str, str], signal: str) -> OtlpEndpoint | None:
                 raise InvalidTelemetryConfig(var, raw, "milliseconds") from None
             break
     return OtlpEndpoint(url=url, insecure=insecure, timeout=timeout)
+
+
+_BSP = {
+    "OTEL_BSP_MAX_QUEUE_SIZE": "max_queue_size",
+    "OTEL_BSP_SCHEDULE_DELAY": "schedule_delay_millis",
+    "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "max_export_batch_size",
+    "OTEL_BSP_EXPORT_TIMEOUT": "export_timeout_millis",
+}
+
+
+def batch_options(env: Mapping[str, str]) -> dict[str, int]:
+    """BatchSpanProcessor keyword arguments from the OTEL_BSP_* variables that are set
+    (unset ones are left to the SDK's defaults). Raises InvalidTelemetryConfig for a value
+    that is not a positive integer."""
+    out: dict[str, int] = {}
+    for var, kwarg in _BSP.items():
+        raw = env.get(var, "").strip()
+        if raw:
+            if not raw.isdigit() or int(raw) <= 0:
+                raise InvalidTelemetryConfig(var, raw, "a positive integer")
+            out[kwarg] = int(raw)
+    return out
 
 
 _SAMPLERS = ("always_on", "always_off", "traceidratio",

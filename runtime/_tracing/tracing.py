@@ -23,6 +23,7 @@ from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 from opentelemetry.util.types import Attributes
 
 from runtime._tracing.config import (
+    batch_options,
     build_resource,
     otlp_endpoint,
     sampler_from_env,
@@ -72,9 +73,13 @@ class Tracing:
         sampler: sampling.Sampler | None = None,
         recorder_capacity: int = 10_000,
         disabled: bool = False,
+        batch: Mapping[str, int] | None = None,
     ) -> None:
         """Build from parts (tests, embedding). `exporter` None → no export, no thread.
 
+        `batch`: BatchSpanProcessor keyword arguments (max_queue_size, schedule_delay_millis,
+        max_export_batch_size, export_timeout_millis). A full queue drops spans (bounded
+        memory) rather than slowing the caller.
         `disabled` → every span is a no-op (not even recorded locally), as OTEL_SDK_DISABLED.
         Raises ValueError for recorder_capacity < 1.
         """
@@ -97,7 +102,14 @@ class Tracing:
         )
         provider.add_span_processor(self._recorder)
         if exporter is not None:
-            provider.add_span_processor(BatchSpanProcessor(exporter))
+            opts = dict(batch or {})
+            provider.add_span_processor(BatchSpanProcessor(
+                exporter,
+                max_queue_size=opts.get("max_queue_size"),
+                schedule_delay_millis=opts.get("schedule_delay_millis"),
+                max_export_batch_size=opts.get("max_export_batch_size"),
+                export_timeout_millis=opts.get("export_timeout_millis"),
+            ))
         self._provider = provider
         self._tracer = provider.get_tracer(_SCOPE)
 
@@ -135,7 +147,7 @@ class Tracing:
             exporter = OTLPSpanExporter(endpoint=endpoint.url, insecure=endpoint.insecure,
                                         timeout=endpoint.timeout)
         return cls(resource, exporter=exporter, sampler=sampler,
-                   recorder_capacity=recorder_capacity)
+                   recorder_capacity=recorder_capacity, batch=batch_options(env))
 
     # --- accessors ---
 

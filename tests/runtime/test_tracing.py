@@ -285,6 +285,9 @@ def test_resource_and_sampler_follow_otel_env() -> None:
     with pytest.raises(InvalidTelemetryConfig, match="OTEL_EXPORTER_OTLP_PROTOCOL"):
         Tracing.from_env(environ={"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9",
                                   "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"})
+    with pytest.raises(InvalidTelemetryConfig, match="OTEL_BSP_MAX_QUEUE_SIZE='lots'"):
+        Tracing.from_env(environ={"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9",
+                                  "OTEL_BSP_MAX_QUEUE_SIZE": "lots"})
     none = Tracing.from_env(environ={"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9",
                                      "OTEL_TRACES_EXPORTER": "none"})
     assert not none.exporting
