@@ -112,7 +112,7 @@ async def _serve(role: str, port: int, upstream: str | None) -> None:
     finally:
         await server.stop(grace=1.0)
         if channel is not None:
-            await channel.close()
+            await channel.close(None)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

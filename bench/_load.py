@@ -206,7 +206,7 @@ async def run_load(config: LoadConfig) -> dict[str, Any]:
             figures = await _throughput(config, caller)
     finally:
         for channel in channels:
-            await channel.close()
+            await channel.close(None)
     return {
         "target": config.target,
         "mode": config.mode,
