@@ -1,0 +1,495 @@
+"""One Stoic node: the gRPC server, the supervision tree of its zone, routing, membership.
+
+A node accepts any invocation. It runs it on an instance in its own pool when it hosts the
+function, else forwards it to a peer that does (same zone first, then the others), reusing
+one channel per peer. When the instance or the peer running an invocation dies, the
+invocation is re-dispatched elsewhere while the function's retries last; the caller sees
+one answer (at-least-once execution, one invocation id, attempt numbers counting up).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import logging
+import os
+import signal
+import tempfile
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import anyio
+import grpc
+
+from runtime import (
+    ConnectionLost,
+    FunctionError,
+    FunctionNotFound,
+    InstanceCrashed,
+    InvalidInput,
+    InvocationNotFound,
+    InvocationTimeout,
+    StoicError,
+    Unavailable,
+    Unreachable,
+)
+from runtime import wire
+from supervisor._membership import Membership, MembershipConfig, MemberRecord
+from supervisor._placement import Member, should_host
+from supervisor._pool import FunctionPool, PoolConfig
+
+log = logging.getLogger("stoic.node")
+
+FUNCTIONS_PREFIX = "functions/"
+HOP_HEADER = "x-stoic-hop"
+INVOCATION_HEADER = "x-stoic-invocation-id"
+ATTEMPT_HEADER = "x-stoic-attempt"
+# How long a pool no longer placed on this node keeps serving before it is stopped, so a
+# flapping membership does not churn instances.
+UNPLACED_GRACE = 5.0
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    node_id: str
+    zone: str
+    listen: str = "127.0.0.1:50051"
+    store_url: str = ""
+    apps: tuple[str, ...] = ()
+    state_dir: str = ".stoic"
+    die_with_parent: bool = False
+    membership: MembershipConfig = field(default_factory=MembershipConfig)
+    pool: PoolConfig = field(default_factory=PoolConfig)
+
+    def __post_init__(self) -> None:
+        if not self.node_id or "/" in self.node_id:
+            raise ValueError(f"node_id: must be non-empty without '/', got {self.node_id!r}")
+        if not self.zone:
+            raise ValueError("zone: must be non-empty")
+        host, _, port = self.listen.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"listen: expected HOST:PORT, got {self.listen!r}")
+
+
+def spec_to_json(spec: wire.FunctionSpec) -> bytes:
+    data = asdict(spec)
+    return json.dumps(data, sort_keys=True).encode()
+
+
+def spec_from_json(raw: bytes) -> wire.FunctionSpec:
+    data = json.loads(raw)
+    policy = data.pop("async_retry", {}) or {}
+    policy["retry_on"] = tuple(policy.get("retry_on", ()))
+    return wire.FunctionSpec(**data, async_retry=wire.RetryPolicy(**policy))
+
+
+def set_parent_death_signal(sig: int = signal.SIGKILL) -> None:
+    """Ask Linux to send `sig` to this process when its parent dies (prctl PR_SET_PDEATHSIG)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    PR_SET_PDEATHSIG = 1
+    libc.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0)
+
+
+class Node:
+    """A running node. `serve` runs it until cancelled; the handler methods are the
+    Invoker and Control services (through `runtime.wire`'s adapters)."""
+
+    def __init__(self, config: NodeConfig, store: Any, spawner_factory: Any) -> None:
+        self.config = config
+        self.store = store
+        self._spawner_factory = spawner_factory  # FunctionSpec -> (instance id -> WorkerProcess)
+        self.functions: dict[str, wire.FunctionSpec] = {}
+        self.pools: dict[str, FunctionPool] = {}
+        self._unplaced_since: dict[str, float] = {}
+        self._peers: dict[str, tuple[Any, wire.InvokerStub, wire.ControlStub]] = {}
+        self._started_at = time.time()
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._reconcile_wakeup = anyio.Event()
+        self.membership = Membership(
+            store=store,
+            me=MemberRecord(node_id=config.node_id, zone=config.zone,
+                            address=config.listen, pid=os.getpid()),
+            config=config.membership,
+            describe=self._describe,
+            on_fenced=self._on_fenced,
+            on_change=self._wake_reconciler,
+        )
+        self.async_invocations: Any = None  # set by the async invocation service
+
+    # --- lifecycle -------------------------------------------------------------------
+    async def serve(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Join the cluster, start the pools placed here, serve gRPC; until cancelled.
+        On cancellation: leave the cluster, stop serving, stop every pool (instances get
+        SIGTERM, then SIGKILL after their shutdown timeout)."""
+        server = grpc.aio.server(options=wire.channel_options())
+        wire.add_invoker_service(server, self)
+        wire.add_control_service(server, self)
+        health = await wire.add_health_and_reflection(server)
+        port = server.add_insecure_port(self.config.listen)
+        if port == 0:
+            raise RuntimeError(f"cannot listen on {self.config.listen}")
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            await self._deploy_initial_apps()
+            await tg.start(self.membership.run)
+            await self._reconcile_once()
+            tg.start_soon(self._reconcile_loop)
+            if self.async_invocations is not None:
+                await tg.start(self.async_invocations.run)
+            await server.start()
+            log.info("node %s (zone %s) serving on %s", self.config.node_id,
+                     self.config.zone, self.config.listen)
+            task_status.started()
+            try:
+                await anyio.sleep_forever()
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await health.enter_graceful_shutdown()
+                    await server.stop(grace=1.0)
+                    for peer in self._peers.values():
+                        await peer[0].close()
+                tg.cancel_scope.cancel()
+
+    async def _deploy_initial_apps(self) -> None:
+        if self.config.apps:
+            specs = load_function_specs(self.config.apps)
+            for spec in specs:
+                await self.store.put(FUNCTIONS_PREFIX + spec.name, spec_to_json(spec))
+
+    def _describe(self) -> tuple[tuple[str, ...], int]:
+        hosted = tuple(name for name, p in self.pools.items() if p.healthy)
+        load = sum(p.in_flight for p in self.pools.values())
+        return hosted, load
+
+    def _on_fenced(self) -> None:
+        # Our lease lapsed (we were paused): peers have taken over what we owned. Pools
+        # stay (sync invocations need no ownership); the async consumer drops its leases.
+        if self.async_invocations is not None:
+            self.async_invocations.fenced()
+
+    def _wake_reconciler(self) -> None:
+        self._reconcile_wakeup.set()
+
+    async def _reconcile_loop(self) -> None:
+        for _ in iter(int, 1):  # until cancelled
+            with anyio.move_on_after(self.config.membership.heartbeat * 2):
+                await self._reconcile_wakeup.wait()
+            self._reconcile_wakeup = anyio.Event()
+            try:
+                await self._reconcile_once()
+            except Exception:
+                log.exception("reconciling pools failed; will retry")
+
+    async def _reconcile_once(self) -> None:
+        """Load the deployed functions and start/stop pools to match placement."""
+        rows = await self.store.scan(FUNCTIONS_PREFIX)
+        functions: dict[str, wire.FunctionSpec] = {}
+        for key, versioned in rows:
+            try:
+                spec = spec_from_json(versioned.value)
+            except (ValueError, TypeError) as exc:
+                log.warning("ignoring malformed function record %s: %s", key, exc)
+                continue
+            functions[spec.name] = spec
+        self.functions = functions
+        members = [Member(r.node_id, r.zone) for r in self.membership.live_members()]
+        me = Member(self.config.node_id, self.config.zone)
+        now = time.monotonic()
+        for name, spec in functions.items():
+            wanted = should_host(name, spec.min_zones, me, members)
+            pool = self.pools.get(name)
+            if wanted:
+                self._unplaced_since.pop(name, None)
+                if pool is None or pool.spec != spec:
+                    if pool is not None:
+                        pool.stop()
+                    await self._start_pool(spec)
+            elif pool is not None:
+                since = self._unplaced_since.setdefault(name, now)
+                if now - since > UNPLACED_GRACE:
+                    self._stop_pool(name)
+        for name in list(self.pools):
+            if name not in functions:
+                self._stop_pool(name)
+
+    async def _start_pool(self, spec: wire.FunctionSpec) -> None:
+        if self._tg is None:
+            raise RuntimeError("node is not serving")
+        pool = FunctionPool(
+            spec=spec, spawner=self._spawner_factory(spec), config=self.config.pool,
+            name=f"{self.config.node_id}/{spec.name}",
+        )
+        self.pools[spec.name] = pool
+        self._tg.start_soon(pool.run)
+        log.info("pool started", extra={"function": spec.name, "node": self.config.node_id})
+
+    def _stop_pool(self, name: str) -> None:
+        pool = self.pools.pop(name, None)
+        self._unplaced_since.pop(name, None)
+        if pool is not None:
+            pool.stop()
+            log.info("pool stopped", extra={"function": name, "node": self.config.node_id})
+
+    # --- peers ---------------------------------------------------------------------
+    def _peer(self, address: str) -> tuple[Any, wire.InvokerStub, wire.ControlStub]:
+        peer = self._peers.get(address)
+        if peer is None:
+            channel = wire.open_channel(address)
+            peer = (channel, wire.InvokerStub(channel), wire.ControlStub(channel))
+            self._peers[address] = peer
+        return peer
+
+    def _candidates(self, function: str, exclude: set[str]) -> list[MemberRecord]:
+        """Peers hosting `function`, same zone first, least loaded first."""
+        peers = [p for p in self.membership.peers()
+                 if function in p.functions and p.node_id not in exclude]
+        return sorted(peers, key=lambda p: (p.zone != self.config.zone, p.load, p.node_id))
+
+    # --- Invoker ---------------------------------------------------------------------
+    async def invoke(self, request: wire.InvokeRequest, call: wire.CallInfo) -> wire.InvokeResult:
+        spec = self.functions.get(request.function)
+        if spec is None:
+            await self._refresh_function(request.function)
+            spec = self.functions.get(request.function)
+            if spec is None:
+                raise FunctionNotFound(f"function {request.function!r} is not deployed")
+        invocation_id = call.metadata.get(INVOCATION_HEADER) or uuid.uuid4().hex
+        if call.metadata.get(HOP_HEADER):
+            attempt = int(call.metadata.get(ATTEMPT_HEADER, "1") or 1)
+            return await self._run_local(spec, request, invocation_id, attempt, call)
+        return await self.dispatch(spec, request, invocation_id, call.deadline,
+                                   trace_context=dict(call.metadata))
+
+    async def dispatch(
+        self, spec: wire.FunctionSpec, request: wire.InvokeRequest, invocation_id: str,
+        deadline: float | None, *, first_attempt: int = 1, max_attempts: int | None = None,
+        trace_context: dict[str, str] | None = None,
+    ) -> wire.InvokeResult:
+        """Run `request` here or on a peer, re-dispatching after a crash or a dead peer
+        while attempts remain (`spec.retries` re-runs by default). Raises the last
+        platform error when attempts run out; a handler error is a result, not retried."""
+        attempts = max_attempts if max_attempts is not None else spec.retries + 1
+        excluded: set[str] = set()
+        last: StoicError | None = None
+        attempt = first_attempt
+        unreachable_budget = 8  # re-routes that never reached a node do not use attempts
+        while attempt < first_attempt + attempts:
+            if deadline is not None and time.time() >= deadline:
+                raise InvocationTimeout(
+                    f"{spec.name}: deadline passed after {attempt - first_attempt} attempt(s)"
+                    + (f"; last failure: {last}" if last else ""))
+            local = self.pools.get(spec.name)
+            try:
+                if local is not None and local.healthy and self.config.node_id not in excluded:
+                    return await self._run_local(spec, request, invocation_id, attempt,
+                                                 wire.CallInfo(deadline=deadline))
+                peers = self._candidates(spec.name, excluded)
+                if not peers:
+                    if local is not None and not local.healthy:
+                        raise local.unavailable_error()
+                    raise last or Unavailable(
+                        f"no healthy instance of {spec.name!r} in any zone")
+                peer = peers[0]
+                return await self._forward(peer, request, invocation_id, attempt, deadline)
+            except Unreachable as exc:
+                # The request never reached that node: route around it, same attempt.
+                node = getattr(exc, "node_id", None)
+                if node:
+                    excluded.add(node)
+                last = exc
+                unreachable_budget -= 1
+                if unreachable_budget <= 0:
+                    raise
+                continue
+            except (InstanceCrashed, ConnectionLost) as exc:
+                last = exc
+                node = getattr(exc, "node_id", None)
+                if node and isinstance(exc, ConnectionLost):
+                    excluded.add(node)
+                log.info("attempt %d of %s failed: %s; re-dispatching", attempt,
+                         invocation_id, exc)
+                attempt += 1
+                continue
+        if last is None:
+            raise Unavailable(f"{spec.name}: no attempt could be made")
+        raise type(last)(f"{last} (after {attempts} attempt(s))", retryable=last.retryable) from last
+
+    async def _run_local(
+        self, spec: wire.FunctionSpec, request: wire.InvokeRequest, invocation_id: str,
+        attempt: int, call: wire.CallInfo,
+    ) -> wire.InvokeResult:
+        pool = self.pools.get(spec.name)
+        if pool is None:
+            raise Unavailable(f"node {self.config.node_id} hosts no instance of {spec.name!r}")
+        exec_req = wire.ExecuteRequest(
+            invocation_id=invocation_id, attempt=attempt, function=spec.name,
+            payload=request.payload, content_type=request.content_type or wire.JSON,
+            deadline=call.deadline, trace_context={})
+        result, pid = await pool.invoke(exec_req, call.deadline)
+        return wire.InvokeResult(
+            invocation_id=invocation_id, payload=result.payload,
+            content_type=result.content_type, attempts=attempt,
+            placement=wire.Placement(node_id=self.config.node_id, zone=self.config.zone, pid=pid),
+            error=result.error)
+
+    async def _forward(
+        self, peer: MemberRecord, request: wire.InvokeRequest, invocation_id: str,
+        attempt: int, deadline: float | None,
+    ) -> wire.InvokeResult:
+        _, invoker, _ = self._peer(peer.address)
+        metadata = {HOP_HEADER: self.config.node_id, INVOCATION_HEADER: invocation_id,
+                    ATTEMPT_HEADER: str(attempt)}
+        try:
+            if deadline is not None:
+                with anyio.fail_after(max(deadline - time.time(), 0.001)):
+                    return await invoker.invoke(request, metadata=metadata)
+            return await invoker.invoke(request, metadata=metadata)
+        except (Unreachable, ConnectionLost) as exc:
+            self.membership.mark_broken(peer.node_id)
+            exc.node_id = peer.node_id  # type: ignore[attr-defined]
+            raise
+        except TimeoutError as exc:
+            if isinstance(exc, StoicError):
+                raise
+            raise InvocationTimeout(f"{request.function}: timed out on node {peer.node_id}") from exc
+
+    async def _refresh_function(self, name: str) -> None:
+        versioned = await self.store.get(FUNCTIONS_PREFIX + name)
+        if versioned is not None:
+            self.functions[name] = spec_from_json(versioned.value)
+            self._wake_reconciler()
+
+    async def invoke_async(self, request: wire.InvokeRequest, call: wire.CallInfo) -> str:
+        if self.async_invocations is None:
+            raise Unavailable("async invocations are not enabled on this node")
+        spec = self.functions.get(request.function)
+        if spec is None:
+            await self._refresh_function(request.function)
+            spec = self.functions.get(request.function)
+        if spec is None:
+            raise FunctionNotFound(f"function {request.function!r} is not deployed")
+        invocation_id: str = await self.async_invocations.submit(spec, request)
+        return invocation_id
+
+    async def get_invocation(self, invocation_id: str, call: wire.CallInfo) -> wire.InvocationInfo:
+        if self.async_invocations is None:
+            raise InvocationNotFound(f"no invocation {invocation_id!r}")
+        info: wire.InvocationInfo = await self.async_invocations.get(invocation_id)
+        return info
+
+    # --- Control ---------------------------------------------------------------------
+    async def deploy(self, request: wire.DeployRequest, call: wire.CallInfo) -> Sequence[wire.FunctionSpec]:
+        if not request.apps:
+            raise InvalidInput("deploy: no apps given")
+        try:
+            specs = load_function_specs(request.apps)
+        except StoicError:
+            raise
+        except Exception as exc:
+            raise InvalidInput(f"deploy: {exc}") from exc
+        for spec in specs:
+            await self.store.put(FUNCTIONS_PREFIX + spec.name, spec_to_json(spec))
+        await self._reconcile_once()
+        return specs
+
+    async def list_functions(self, call: wire.CallInfo) -> Sequence[wire.FunctionSpec]:
+        await self._reconcile_once()
+        return [self.functions[n] for n in sorted(self.functions)]
+
+    def local_status(self) -> wire.NodeStatus:
+        return wire.NodeStatus(
+            node_id=self.config.node_id, zone=self.config.zone, address=self.config.listen,
+            healthy=self.membership.holds_lease, lease_age=0.0, pid=os.getpid(),
+            pools=tuple(self.pools[n].status() for n in sorted(self.pools)))
+
+    async def status(self, call: wire.CallInfo) -> wire.Status:
+        """The whole cluster: this node's tree, and each peer's (asked over gRPC, unless
+        this call is itself such a question). Dead peers show with healthy=False."""
+        nodes = [self.local_status()]
+        if call.metadata.get(HOP_HEADER):
+            return wire.Status(nodes=tuple(nodes))
+        now = time.time()
+        live = {r.node_id for r in self.membership.live_members()}
+        for rec in self.membership.all_records():
+            if rec.node_id == self.config.node_id:
+                continue
+            lease_age = max(0.0, now - rec.renewed_at)
+            remote: wire.NodeStatus | None = None
+            if rec.node_id in live:
+                _, _, control = self._peer(rec.address)
+                try:
+                    with anyio.fail_after(1.0):
+                        st = await control.status(metadata={HOP_HEADER: self.config.node_id})
+                    remote = next((n for n in st.nodes if n.node_id == rec.node_id), None)
+                except (StoicError, TimeoutError):
+                    remote = None
+            if remote is None:
+                remote = wire.NodeStatus(node_id=rec.node_id, zone=rec.zone, address=rec.address,
+                                         healthy=False, lease_age=lease_age, pid=rec.pid)
+            else:
+                remote = wire.NodeStatus(
+                    node_id=remote.node_id, zone=remote.zone, address=remote.address,
+                    healthy=remote.healthy and rec.node_id in live, lease_age=lease_age,
+                    pid=remote.pid, pools=remote.pools)
+            nodes.append(remote)
+        return wire.Status(nodes=tuple(sorted(nodes, key=lambda n: (n.zone, n.node_id))))
+
+    async def list_dead_letters(self, request: wire.ListDeadLettersRequest, call: wire.CallInfo) -> Sequence[wire.InvocationInfo]:
+        if self.async_invocations is None:
+            return []
+        out: Sequence[wire.InvocationInfo] = await self.async_invocations.dead_letters(request.limit or 100)
+        return out
+
+    async def redrive(self, request: wire.RedriveRequest, call: wire.CallInfo) -> Sequence[str]:
+        if self.async_invocations is None:
+            return []
+        ids: Sequence[str] = await self.async_invocations.redrive(
+            None if request.all else list(request.invocation_ids))
+        return ids
+
+
+def run_node(config: NodeConfig) -> int:
+    """Run a node in this process until SIGTERM/SIGINT; returns the exit status."""
+    logging.basicConfig(
+        level=os.environ.get("STOIC_LOG_LEVEL", "INFO"),
+        format=f"%(asctime)s {config.node_id} %(name)s %(levelname)s %(message)s")
+    if config.die_with_parent:
+        set_parent_death_signal(signal.SIGTERM)
+        if os.getppid() == 1:
+            return 1
+    try:
+        anyio.run(_serve_until_signalled, config)
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+async def _serve_until_signalled(config: NodeConfig) -> None:
+    from runtime import ForkServer, open_store
+
+    socket_dir = tempfile.mkdtemp(prefix=f"stoic-{config.node_id}-")
+    async with open_store(config.store_url) as store:
+        async with ForkServer.open(socket_dir) as forks:
+
+            def spawner_factory(spec: wire.FunctionSpec) -> Any:
+                fspec = function_spec_from_wire(spec)
+
+                async def spawn(instance_id: str) -> Any:
+                    return await forks.spawn(fspec, node_id=config.node_id, zone=config.zone,
+                                             instance_id=instance_id)
+                return spawn
+
+            node = Node(config, store, spawner_factory)
+            from supervisor._async import AsyncInvocations
+
+            node.async_invocations = AsyncInvocations(node)
+            async with anyio.create_task_group() as tg:
+                await tg.start(node.serve)
+                with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                    async for _ in signals:
+                        log.info("node %s stopping", config.node_id)
+                        break
+                tg.cancel_scope.cancel()
