@@ -12,6 +12,23 @@ from runtime._child import Child, ExitReason
 __all__ += ["Child", "ExitReason"]
 
 # --- actors (issue 2) ---
+from runtime._actor import (  # noqa: E402
+    Actor,
+    ActorDeadError,
+    ActorRef,
+    Down,
+    Exit,
+    MailboxFull,
+    NameTaken,
+    Runtime,
+    RuntimeClosed,
+)
+from runtime._clock import Clock, LoopClock  # noqa: E402
+
+__all__ += [
+    "Actor", "ActorRef", "ActorDeadError", "MailboxFull", "NameTaken", "Runtime",
+    "RuntimeClosed", "Exit", "Down", "Clock", "LoopClock",
+]
 
 # --- functions, wire, worker, client (issue 3) ---
 from runtime._errors import (  # noqa: E402
