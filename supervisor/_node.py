@@ -26,7 +26,6 @@ import grpc
 
 from runtime import (
     ConnectionLost,
-    FunctionError,
     FunctionNotFound,
     InstanceCrashed,
     InvalidInput,
@@ -35,9 +34,9 @@ from runtime import (
     StoicError,
     Unavailable,
     Unreachable,
+    wire,
 )
-from runtime import wire
-from supervisor._membership import Membership, MembershipConfig, MemberRecord
+from supervisor._membership import MemberRecord, Membership, MembershipConfig
 from supervisor._placement import Member, should_host
 from supervisor._pool import FunctionPool, PoolConfig
 
@@ -84,6 +83,20 @@ def spec_from_json(raw: bytes) -> wire.FunctionSpec:
     policy = data.pop("async_retry", {}) or {}
     policy["retry_on"] = tuple(policy.get("retry_on", ()))
     return wire.FunctionSpec(**data, async_retry=wire.RetryPolicy(**policy))
+
+
+def load_function_specs(apps: Sequence[str]) -> list[wire.FunctionSpec]:
+    """Import `apps` (module names or .py paths) and return their functions' specs.
+    Raises InvalidFunctionConfig (INVALID_ARGUMENT) for bad options or a name clash."""
+    from runtime import load_apps
+
+    return [spec.to_wire() for spec in load_apps(list(apps)).values()]
+
+
+def function_spec_from_wire(spec: wire.FunctionSpec) -> Any:
+    from runtime import FunctionSpec
+
+    return FunctionSpec.from_wire(spec)
 
 
 def set_parent_death_signal(sig: int = signal.SIGKILL) -> None:
@@ -349,7 +362,7 @@ class Node:
             return await invoker.invoke(request, metadata=metadata)
         except (Unreachable, ConnectionLost) as exc:
             self.membership.mark_broken(peer.node_id)
-            exc.node_id = peer.node_id  # type: ignore[attr-defined]
+            setattr(exc, "node_id", peer.node_id)  # noqa: B010 - read back by dispatch
             raise
         except TimeoutError as exc:
             if isinstance(exc, StoicError):

@@ -258,10 +258,7 @@ class FunctionPool:
                     probe_delay = self.config.probe_initial
                     self._signal_capacity()
                     async with anyio.create_task_group() as waiters:
-                        async def _stop_on_request() -> None:
-                            await self._stop_requested.wait()
-                            sup.stop()
-                        waiters.start_soon(_stop_on_request)
+                        waiters.start_soon(self._stop_on_request, sup)
                         reason = await sup.wait_exit()
                         waiters.cancel_scope.cancel()
                     if self._stop_requested.is_set():
@@ -276,6 +273,10 @@ class FunctionPool:
             self.state = "stopped"
             self._signal_capacity()
             tg.cancel_scope.cancel()
+
+    async def _stop_on_request(self, sup: Supervisor) -> None:
+        await self._stop_requested.wait()
+        sup.stop()
 
     async def _ping_loop(self) -> None:
         for _ in iter(int, 1):

