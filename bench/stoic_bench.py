@@ -1,0 +1,317 @@
+"""`stoic bench`: Stoic's figures, each next to a baseline measured in the same run.
+
+    stoic bench invoke      warm sync invocations vs the bare 2-hop grpc.aio floor
+    stoic bench restart     SIGKILL an instance -> first answer from its replacement
+    stoic bench cold-start  deploy a new function -> its first answer
+    stoic bench failover    SIGKILL a node under load: detection time, added p99, failures
+    stoic bench async       durable submit throughput and submit -> done latency
+    stoic bench all         all of the above
+
+Every subcommand starts the cluster it needs (under a temporary state dir, on free ports),
+prints a table, optionally writes JSON (`--json PATH`), and stops everything it started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from bench._measure import LoadSettings, measure_target, run_floor
+from bench._report import format_table, ratio_lines, write_json
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = (str(ROOT / "examples" / "hello.py"), str(ROOT / "examples" / "faulty.py"))
+
+
+def _say(msg: str) -> None:
+    print(f"  .. {msg}", file=sys.stderr, flush=True)
+
+
+def _free_base(count: int) -> int:
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            base = int(s.getsockname()[1])
+        if base + count < 65000 and all(_port_free(p) for p in range(base, base + count)):
+            return base
+    raise RuntimeError("no free ports")
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+@contextmanager
+def cluster(zones: Sequence[str] = ("a", "b", "c"), apps: Sequence[str] = EXAMPLES,
+            store_url: str = "", env: dict[str, str] | None = None) -> Iterator[Any]:
+    from supervisor._launcher import Cluster, ClusterConfig
+
+    with tempfile.TemporaryDirectory(prefix="stoic-bench-") as tmp:
+        config = ClusterConfig(apps=tuple(apps), zones=tuple(zones), port=_free_base(len(zones)),
+                               state_dir=os.path.join(tmp, "state"), store_url=store_url,
+                               extra_env=tuple((env or {}).items()))
+        c = Cluster(config)
+        _say(f"starting {len(zones)} node(s)")
+        c.start(ready_timeout=60)
+        try:
+            yield c
+        finally:
+            _say("stopping the cluster")
+            c.stop()
+
+
+def _pct(samples: Sequence[float], q: float) -> float:
+    s = sorted(samples)
+    if not s:
+        return float("nan")
+    return s[min(len(s) - 1, int(round(q * (len(s) - 1))))]
+
+
+def _wait(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = predicate()
+        if v:
+            return v
+        time.sleep(0.002)
+    raise RuntimeError(f"timed out waiting for {what}")
+
+
+# --- invoke --------------------------------------------------------------------------------
+def bench_invoke(args: argparse.Namespace) -> dict[str, Any]:
+    settings = LoadSettings(latency_count=args.count, throughput_count=args.count * 5,
+                            concurrency=args.concurrency, warmup=min(200, args.count))
+    with cluster(zones=("a",)) as c:
+        _say("measuring stoic (one node, echo)")
+        from runtime import Client
+
+        with Client(c.addresses) as client:
+            _wait(lambda: client.invoke("echo", "warm").value == "warm", 30, "echo warm")
+        stoic = measure_target(c.addresses[0], settings, progress=_say)
+    _say("measuring the floor (client -> proxy -> echo server)")
+    floor = run_floor(settings, one_hop=False, progress=_say)
+    print(format_table({"stoic": stoic, "floor (2-hop grpc.aio)": floor["floor"]}))
+    for line in ratio_lines(stoic, floor["floor"]):
+        print(line)
+    return {"stoic": stoic, "floor": floor["floor"]}
+
+
+# --- restart ----------------------------------------------------------------------------------
+def _instance_pids(client: Any, function: str) -> list[int]:
+    return [i.pid for n in client.status().nodes for p in n.pools if p.function == function
+            for i in p.instances]
+
+
+def bench_restart(args: argparse.Namespace) -> dict[str, Any]:
+    from runtime import Client, StoicError
+
+    samples: list[float] = []
+    with cluster(zones=("a",)) as c, Client(c.addresses) as client:
+        _wait(lambda: _instance_pids(client, "whoami"), 30, "whoami instance")
+        for i in range(args.kills):
+            pids = _instance_pids(client, "whoami")
+            if not pids:
+                _wait(lambda: _instance_pids(client, "whoami"), 30, "instance")
+                continue
+            victim = pids[0]
+            t0 = time.perf_counter()
+            os.kill(victim, signal.SIGKILL)
+            for _ in range(10_000):
+                try:
+                    who = client.invoke("whoami", timeout=5).value
+                except StoicError:
+                    continue
+                if who["pid"] != victim:
+                    samples.append((time.perf_counter() - t0) * 1000)
+                    break
+            if i % 10 == 0:
+                _say(f"kill {i + 1}/{args.kills}")
+    out = {"kills": len(samples), "p50_ms": _pct(samples, 0.5), "p99_ms": _pct(samples, 0.99),
+           "mean_ms": statistics.fmean(samples) if samples else None}
+    print(f"restart: SIGKILL -> answered by the replacement over {len(samples)} kills: "
+          f"p50 {out['p50_ms']:.1f} ms, p99 {out['p99_ms']:.1f} ms (goal p50 <= 15 ms)")
+    return out
+
+
+# --- cold start -------------------------------------------------------------------------------
+def bench_cold_start(args: argparse.Namespace) -> dict[str, Any]:
+    from runtime import Client, StoicError
+
+    samples: list[float] = []
+    with cluster(zones=("a",)) as c, Client(c.addresses) as client, \
+            tempfile.TemporaryDirectory(prefix="stoic-cold-") as tmp:
+        for i in range(args.count):
+            name = f"cold_{os.getpid()}_{i}"
+            path = Path(tmp) / f"{name}.py"
+            path.write_text(
+                "from runtime import function\n\n"
+                f"@function(min_zones=1)\ndef {name}(event, ctx):\n    return event\n")
+            t0 = time.perf_counter()
+            client.deploy([str(path)])
+            for _ in range(10_000):
+                try:
+                    if client.invoke(name, i, timeout=10).value == i:
+                        break
+                except StoicError:
+                    time.sleep(0.001)
+            samples.append((time.perf_counter() - t0) * 1000)
+    out = {"count": len(samples), "p50_ms": _pct(samples, 0.5), "p99_ms": _pct(samples, 0.99)}
+    print(f"cold start: deploy -> first answer over {len(samples)} functions: "
+          f"p50 {out['p50_ms']:.1f} ms, p99 {out['p99_ms']:.1f} ms (goal <= 50 ms)")
+    return out
+
+
+# --- failover --------------------------------------------------------------------------------
+def bench_failover(args: argparse.Namespace) -> dict[str, Any]:
+    from runtime import Client, StoicError
+
+    with cluster() as c:
+        stop = threading.Event()
+        lat: list[tuple[float, float, str]] = []  # (t, ms, node)
+        failures: list[str] = []
+
+        def load(k: int) -> None:
+            with Client(c.addresses[k % 3:] + c.addresses[:k % 3]) as cl:
+                for i in range(1_000_000):
+                    if stop.is_set():
+                        return
+                    t0 = time.perf_counter()
+                    try:
+                        r = cl.invoke("echo", i, idempotency_key=f"f{k}-{i}", timeout=10)
+                        lat.append((time.monotonic(), (time.perf_counter() - t0) * 1000,
+                                    r.placement.node_id))
+                    except StoicError as exc:
+                        failures.append(f"{type(exc).__name__}: {exc}")
+
+        threads = [threading.Thread(target=load, args=(k,)) for k in range(args.clients)]
+        for t in threads:
+            t.start()
+        time.sleep(args.seconds / 2)  # steady load before the kill (a measurement window)
+        victim = c.nodes[1]
+        killed = time.monotonic()
+        assert victim.pid is not None
+        os.kill(victim.pid, signal.SIGKILL)
+        _say(f"killed node {victim.node_id}")
+        time.sleep(args.seconds / 2)  # load after the kill (a measurement window)
+        stop.set()
+        for t in threads:
+            t.join(timeout=30)
+    before = [ms for t, ms, _ in lat if t < killed]
+    after = [ms for t, ms, _ in lat if killed <= t < killed + 2.0]
+    last_victim = max((t for t, _, n in lat if n == victim.node_id), default=killed)
+    out = {
+        "invocations": len(lat), "failures": len(failures), "failure_examples": failures[:3],
+        "last_answer_from_dead_node_s": max(0.0, last_victim - killed),
+        "p99_before_ms": _pct(before, 0.99), "p99_after_kill_2s_ms": _pct(after, 0.99),
+        "added_p99_ms": _pct(after, 0.99) - _pct(before, 0.99),
+    }
+    print(f"failover: {out['invocations']} idempotent invocations, {out['failures']} failed; "
+          f"last answer routed via the dead node {out['last_answer_from_dead_node_s']:.2f} s after "
+          f"the kill; p99 {out['p99_before_ms']:.1f} ms before, {out['p99_after_kill_2s_ms']:.1f} ms "
+          f"in the 2 s after (goal: detection <= 1 s, 0 failed)")
+    return out
+
+
+# --- async ----------------------------------------------------------------------------------
+def bench_async(args: argparse.Namespace) -> dict[str, Any]:
+    import anyio
+
+    from runtime import AsyncClient
+    from runtime.wire import InvocationState
+
+    results: dict[str, Any] = {}
+    stores = [("sqlite", "")]
+    if args.redis:
+        stores.append(("redis", args.redis))
+    for label, url in stores:
+        with cluster(store_url=url) as c:
+            async def run(c: Any = c) -> dict[str, Any]:
+                async with AsyncClient(c.addresses) as client:
+                    ids: list[str] = []
+                    submitted: dict[str, float] = {}
+                    t0 = time.perf_counter()
+
+                    async def submit(k: int) -> None:
+                        for i in range(k, args.count, 32):
+                            inv = await client.invoke_async("echo", {"i": i})
+                            submitted[inv] = time.time()
+                            ids.append(inv)
+
+                    async with anyio.create_task_group() as tg:
+                        for k in range(32):
+                            tg.start_soon(submit, k)
+                    submit_s = time.perf_counter() - t0
+                    done: dict[str, float] = {}
+                    deadline = time.monotonic() + 300
+                    pending = set(ids)
+                    while pending and time.monotonic() < deadline:
+                        for inv in list(pending)[:256]:
+                            info = await client.get_invocation(inv)
+                            if info.state == InvocationState.SUCCEEDED:
+                                end = max((a.ended_at or 0) for a in info.attempts)
+                                done[inv] = end - submitted[inv]
+                                pending.discard(inv)
+                        await anyio.sleep(0.05)
+                    lat = [v * 1000 for v in done.values()]
+                    return {"submitted": len(ids), "submit_per_s": len(ids) / submit_s,
+                            "completed": len(done), "lost_or_pending": len(pending),
+                            "done_p50_ms": _pct(lat, 0.5), "done_p99_ms": _pct(lat, 0.99)}
+
+            r = anyio.run(run)
+            results[label] = r
+            print(f"async ({label}): {r['submitted']} durable submits at {r['submit_per_s']:.0f}/s "
+                  f"(32 in flight); submit->done p50 {r['done_p50_ms']:.0f} ms, "
+                  f"p99 {r['done_p99_ms']:.0f} ms; not completed: {r['lost_or_pending']}")
+    return results
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
+    "invoke": bench_invoke, "restart": bench_restart, "cold-start": bench_cold_start,
+    "failover": bench_failover, "async": bench_async,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="stoic bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("what", nargs="?", default="all", choices=[*COMMANDS, "all"])
+    p.add_argument("--count", type=int, default=2000, help="calls per latency run / items")
+    p.add_argument("--concurrency", type=int, default=64)
+    p.add_argument("--kills", type=int, default=50)
+    p.add_argument("--clients", type=int, default=6)
+    p.add_argument("--seconds", type=float, default=8.0)
+    p.add_argument("--redis", default="", help="also run async against this Redis URL")
+    p.add_argument("--json", default="", help="write the figures to this file")
+    args = p.parse_args(list(argv) if argv is not None else None)
+    chosen = list(COMMANDS) if args.what == "all" else [args.what]
+    figures: dict[str, Any] = {}
+    for name in chosen:
+        print(f"== stoic bench {name}", flush=True)
+        figures[name] = COMMANDS[name](args)
+    if args.json:
+        write_json(args.json, figures)
+        print(f"wrote {args.json}")
+    else:
+        json.dumps(figures, default=str)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
