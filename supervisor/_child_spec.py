@@ -111,7 +111,9 @@ class ChildSpec:
         if not isinstance(self.id, str) or not self.id:
             raise InvalidChildSpec("id", self.id, "must be a non-empty string")
         if not callable(self.start):
-            raise InvalidChildSpec("start", self.start, "must be an async callable returning a Child")
+            raise InvalidChildSpec(
+                "start", self.start, "must be an async callable returning a Child"
+            )
         if not isinstance(self.restart, Restart):
             raise InvalidChildSpec("restart", self.restart, "must be a Restart")
         if not (isinstance(self.shutdown, Shutdown) or _positive_number(self.shutdown)):

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from runtime import ExitReason
+from runtime import Child, ExitReason
 from supervisor import (
     BRUTAL_KILL,
     INFINITY,
@@ -118,7 +118,9 @@ CHILDREN = ("a", "b", "c", "d")
         (RestartStrategy.REST_FOR_ONE, "d", ("d",)),
     ],
 )
-def test_affected_children(strategy: RestartStrategy, failed: str, expected: tuple[str, ...]) -> None:
+def test_affected_children(
+    strategy: RestartStrategy, failed: str, expected: tuple[str, ...]
+) -> None:
     assert affected_children(strategy, CHILDREN, failed) == expected
 
 
@@ -144,7 +146,7 @@ def test_backoff_grows_caps_and_jitters_within_bounds() -> None:
         backoff_delay(jittered, 0, rng)
 
 
-async def _start() -> object:  # pragma: no cover - never started here
+async def _start() -> Child:  # pragma: no cover - never started here
     raise NotImplementedError
 
 

@@ -58,7 +58,10 @@ class Model:
         if child.restart is Restart.TEMPORARY or (
             child.restart is Restart.TRANSIENT and not abnormal
         ):
-            if child.restart is Restart.TEMPORARY or self.strategy is RestartStrategy.SIMPLE_ONE_FOR_ONE:
+            if (
+                child.restart is Restart.TEMPORARY
+                or self.strategy is RestartStrategy.SIMPLE_ONE_FOR_ONE
+            ):
                 self.children.remove(child)
             return
         # More than max_restarts within period seconds (inclusive): give up.
@@ -110,7 +113,10 @@ def test_supervisor_matches_the_reference_model(
     period = period_quarters / 4
     ids = [f"c{n}" for n in range(len(restarts))]
     model = Model(
-        strategy, max_restarts, period, [ModelChild(i, r) for i, r in zip(ids, restarts, strict=True)]
+        strategy,
+        max_restarts,
+        period,
+        [ModelChild(i, r) for i, r in zip(ids, restarts, strict=True)],
     )
     kids = Kids()
     observed: dict[str, object] = {}
