@@ -55,6 +55,20 @@ from runtime._client import AsyncClient, Client  # noqa: E402
 from runtime.wire import InvokeResult  # noqa: E402
 
 __all__ += ["AsyncClient", "Client", "InvokeResult"]
+from runtime._context import Context  # noqa: E402
+from runtime._function import (  # noqa: E402
+    FunctionConfig,
+    FunctionSpec,
+    InvalidFunctionConfig,
+    function,
+    load_apps,
+)
+from runtime._worker import ForkServer, WorkerProcess, WorkerStartFailed  # noqa: E402
+
+__all__ += [
+    "function", "FunctionConfig", "FunctionSpec", "InvalidFunctionConfig", "load_apps",
+    "Context", "ForkServer", "WorkerProcess", "WorkerStartFailed",
+]
 
 # --- store (issue 4) ---
 

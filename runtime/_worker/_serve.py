@@ -1,0 +1,247 @@
+"""Inside a function actor process: import the handler, serve stoic.v1.Worker on a Unix socket.
+
+The process is started either by the fork server's template (`os.fork()`, see
+`_template.py`) or as a fresh interpreter (`python -m runtime._worker serve CONFIG_JSON`).
+Both end up in `run_worker`, which never returns: it exits the process with a status the
+node turns into an exit reason (see `_limits`).
+
+Payloads are bytes with a content type; nothing read from the socket is unpickled.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import os
+import signal
+import sys
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+import anyio
+import anyio.to_thread
+
+from runtime import wire
+from runtime._context import Context
+from runtime._function import FunctionSpec, resolve_handler
+from runtime._worker._limits import (
+    EXIT_INTERNAL,
+    EXIT_MEMORY,
+    EXIT_START_FAILED,
+    die_with_parent,
+    limit_malloc_arenas,
+    set_memory_limit,
+)
+
+__all__ = ["WorkerConfig", "run_worker", "STOP_GRACE"]
+
+log = logging.getLogger("stoic.worker")
+
+OCTET_STREAM = "application/octet-stream"
+STOP_GRACE = 2.0
+"""Seconds a worker asked to stop (SIGTERM) waits for in-flight invocations to finish."""
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """Everything a worker process needs, sent as JSON (never pickled)."""
+
+    spec: FunctionSpec
+    socket: str
+    error_file: str
+    parent_pid: int
+    node_id: str = ""
+    zone: str = ""
+    instance_id: str = ""
+
+    def to_json(self) -> str:
+        return json.dumps({
+            "spec": self.spec.to_json(), "socket": self.socket, "error_file": self.error_file,
+            "parent_pid": self.parent_pid, "node_id": self.node_id, "zone": self.zone,
+            "instance_id": self.instance_id,
+        })
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> WorkerConfig:
+        data = json.loads(text)
+        return cls(
+            spec=FunctionSpec.from_json(data["spec"]), socket=str(data["socket"]),
+            error_file=str(data["error_file"]), parent_pid=int(data["parent_pid"]),
+            node_id=str(data.get("node_id", "")), zone=str(data.get("zone", "")),
+            instance_id=str(data.get("instance_id", "")),
+        )
+
+
+def _exit_now(status: int) -> NoReturn:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(status)
+
+
+def _error_info(exc: BaseException) -> wire.FunctionErrorInfo:
+    tb = exc.__traceback__
+    # Drop our own calling frame: the traceback starts in the user's handler.
+    tb = tb.tb_next if tb is not None and tb.tb_next is not None else tb
+    text = "".join(traceback.format_exception(type(exc), exc, tb))
+    return wire.FunctionErrorInfo(type(exc).__name__, str(exc), text)
+
+
+def _call_sync(handler: Callable[..., Any], event: Any, ctx: Context) -> tuple[bool, Any]:
+    try:
+        return True, handler(event, ctx)
+    except MemoryError:
+        _exit_now(EXIT_MEMORY)
+    except SystemExit as exc:  # sys.exit() in a handler ends the process, as in Lambda
+        _exit_now(exc.code if isinstance(exc.code, int) else 1)
+    except Exception as exc:
+        return False, exc
+
+
+async def _call_async(handler: Callable[..., Any], event: Any, ctx: Context) -> tuple[bool, Any]:
+    try:
+        return True, await handler(event, ctx)
+    except MemoryError:
+        _exit_now(EXIT_MEMORY)
+    except SystemExit as exc:
+        _exit_now(exc.code if isinstance(exc.code, int) else 1)
+    except Exception as exc:
+        return False, exc
+
+
+def encode_result(value: Any) -> wire.ExecuteResult:
+    """bytes-like -> application/octet-stream as is; anything else -> JSON."""
+    if isinstance(value, bytes | bytearray | memoryview):
+        return wire.ExecuteResult(payload=bytes(value), content_type=OCTET_STREAM)
+    try:
+        payload = json.dumps(value).encode()
+    except (TypeError, ValueError) as exc:
+        return wire.ExecuteResult(error=wire.FunctionErrorInfo(
+            type(exc).__name__, f"the handler's result is not JSON serializable: {exc}", ""))
+    return wire.ExecuteResult(payload=payload, content_type=wire.JSON)
+
+
+class Executor:
+    """Runs attempts of one handler: async handlers on the event loop, sync handlers in
+    worker threads; at most `concurrency` at a time either way."""
+
+    def __init__(self, config: WorkerConfig, handler: Callable[..., Any]) -> None:
+        self._config = config
+        self._handler = handler
+        self._is_async = inspect.iscoroutinefunction(handler)
+        self._limiter = anyio.CapacityLimiter(config.spec.config.concurrency)
+        self.in_flight = 0
+        self.idle = anyio.Event()
+        self.idle.set()
+
+    async def execute(self, request: wire.ExecuteRequest) -> wire.ExecuteResult:
+        if wire.is_json(request.content_type):
+            try:
+                event = json.loads(request.payload) if request.payload else None
+            except ValueError as exc:
+                return wire.ExecuteResult(error=wire.FunctionErrorInfo(
+                    "InvalidInput", f"payload is not valid JSON: {exc}", ""))
+        else:
+            event = request.payload
+        cfg = self._config
+        ctx = Context(
+            invocation_id=request.invocation_id, attempt=request.attempt,
+            function=cfg.spec.name, node_id=cfg.node_id, zone=cfg.zone,
+            instance_id=cfg.instance_id, deadline=request.deadline,
+            trace_context=request.trace_context,
+        )
+        self.in_flight += 1
+        self.idle = anyio.Event() if self.in_flight == 1 else self.idle
+        try:
+            if self._is_async:
+                async with self._limiter:
+                    ok, value = await _call_async(self._handler, event, ctx)
+            else:
+                ok, value = await anyio.to_thread.run_sync(
+                    _call_sync, self._handler, event, ctx, limiter=self._limiter
+                )
+            if not ok:
+                return wire.ExecuteResult(error=_error_info(value))
+            return encode_result(value)
+        except MemoryError:
+            _exit_now(EXIT_MEMORY)
+        finally:
+            self.in_flight -= 1
+            if self.in_flight == 0:
+                self.idle.set()
+
+
+async def _serve(config: WorkerConfig, handler: Callable[..., Any], ready_fd: int) -> None:
+    import grpc.aio  # only here: no gRPC object exists before the fork
+
+    executor = Executor(config, handler)
+    server = grpc.aio.server(options=wire.channel_options())
+    wire.add_worker_service(server, executor)
+    try:
+        os.unlink(config.socket)
+    except FileNotFoundError:
+        pass
+    server.add_insecure_port(f"unix:{config.socket}")
+    with anyio.open_signal_receiver(signal.SIGTERM) as signals:
+        await server.start()
+        # Tell the node we listen (on our original stdout: the template's pipe to the
+        # node, or our own stdout pipe), so it connects once, without gRPC's reconnect
+        # backoff after a refused first attempt.
+        os.write(ready_fd, (json.dumps({"op": "worker_ready", "pid": os.getpid()}) + "\n").encode())
+        os.close(ready_fd)
+        async for _ in signals:
+            break
+    # Graceful stop: let in-flight attempts finish briefly, then go. The node sees the
+    # stream end when the process exits; no server.stop() (it only cancels the stream).
+    with anyio.move_on_after(STOP_GRACE):
+        await executor.idle.wait()
+    _exit_now(0)
+
+
+def _write_start_error(path: str, text: str) -> None:
+    try:
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text[-4000:])
+    except OSError:
+        pass
+
+
+def run_worker(config: WorkerConfig) -> NoReturn:
+    """Become a function actor: die with the parent, limit memory, import the handler,
+    serve until SIGTERM. Never returns; exit statuses are documented in `_limits`."""
+    try:
+        ready_fd = os.dup(1)  # the readiness line goes there (see _serve)
+        os.dup2(2, 1)  # stdout belongs to the fork server's protocol: prints go to stderr
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the node's to handle
+        die_with_parent(config.parent_pid)
+        logging.basicConfig(
+            level=os.environ.get("STOIC_LOG_LEVEL", "INFO"),
+            format=f"%(asctime)s worker {config.spec.name}[{os.getpid()}] "
+                   "%(name)s %(levelname)s %(message)s",
+        )
+        limit_malloc_arenas()
+        set_memory_limit(config.spec.config.memory_mb)
+        try:
+            handler = resolve_handler(config.spec)
+        except MemoryError:
+            _write_start_error(config.error_file, "MemoryError while importing the app")
+            _exit_now(EXIT_MEMORY)
+        except BaseException as exc:  # the user's module may raise anything on import
+            last = traceback.format_exception_only(type(exc), exc)[-1].strip()
+            _write_start_error(
+                config.error_file,
+                f"importing {config.spec.app} failed: {last}\n" + traceback.format_exc(),
+            )
+            _exit_now(EXIT_START_FAILED)
+        anyio.run(_serve, config, handler, ready_fd, backend="asyncio")
+    except MemoryError:
+        _exit_now(EXIT_MEMORY)
+    except BaseException:
+        log.exception("worker %s failed", config.instance_id)
+        _exit_now(EXIT_INTERNAL)
+    _exit_now(0)
