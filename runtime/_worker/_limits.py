@@ -20,6 +20,7 @@ __all__ = [
     "EXIT_ORPHANED",
     "EXIT_INTERNAL",
     "BASELINE_ALLOWANCE_MB",
+    "THREAD_ALLOWANCE_MB",
     "die_with_parent",
     "limit_malloc_arenas",
     "set_memory_limit",
@@ -31,15 +32,18 @@ EXIT_MEMORY = 87
 EXIT_ORPHANED = 88
 EXIT_INTERNAL = 89
 
-BASELINE_ALLOWANCE_MB = 448
+BASELINE_ALLOWANCE_MB = 256
 """Address space granted on top of a function's `memory_mb` for the interpreter, the
-imported runtime (grpc, protobuf, OpenTelemetry), gRPC's threads and their stacks.
+imported runtime (grpc, protobuf, OpenTelemetry) and gRPC's threads.
 
-Measured (tests/runtime/test_worker.py::test_baseline_address_space): a forked worker
-serving with one handler thread uses about 330 MiB of *virtual* address space (VmSize; its
-resident memory is ~45 MiB) on x86-64 with glibc malloc limited to 2 arenas. RLIMIT_AS
-counts virtual memory, so the allowance covers that baseline with headroom for a few more
-gRPC/handler threads (8 MiB of stack each)."""
+Measured on x86-64 Linux, glibc malloc capped at 2 arenas, 2 cores: a worker serving one
+handler has a VmSize of ~182 MiB with 8 threads (~190 MiB after its first sync call
+started a handler thread; its resident set is only ~40 MiB). RLIMIT_AS counts virtual
+memory, so the allowance covers that baseline with ~65 MiB of headroom; each handler
+thread adds `THREAD_ALLOWANCE_MB` on top (see `address_space_limit`)."""
+
+THREAD_ALLOWANCE_MB = 8
+"""Per allowed concurrent invocation: a handler thread's stack (8 MiB by default)."""
 
 _PR_SET_PDEATHSIG = 1
 _M_ARENA_MAX = -8
@@ -69,16 +73,17 @@ def limit_malloc_arenas(arenas: int = 2) -> None:
         pass
 
 
-def address_space_limit(memory_mb: int) -> int:
-    """RLIMIT_AS in bytes for a function configured with `memory_mb`."""
-    return (memory_mb + BASELINE_ALLOWANCE_MB) * 1024 * 1024
+def address_space_limit(memory_mb: int, concurrency: int = 1) -> int:
+    """RLIMIT_AS in bytes for a function configured with `memory_mb` and `concurrency`."""
+    mb = memory_mb + BASELINE_ALLOWANCE_MB + THREAD_ALLOWANCE_MB * concurrency
+    return mb * 1024 * 1024
 
 
-def set_memory_limit(memory_mb: int) -> None:
-    """Limit this process's address space (RLIMIT_AS) to `address_space_limit(memory_mb)`:
+def set_memory_limit(memory_mb: int, concurrency: int = 1) -> None:
+    """Limit this process's address space (RLIMIT_AS) to `address_space_limit(...)`:
     allocations past it fail (MemoryError in Python code) instead of growing the process
     until the machine's OOM killer picks a victim, possibly the node."""
-    limit = address_space_limit(memory_mb)
+    limit = address_space_limit(memory_mb, concurrency)
     _, hard = resource.getrlimit(resource.RLIMIT_AS)
     if hard != resource.RLIM_INFINITY:
         limit = min(limit, hard)

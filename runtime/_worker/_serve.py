@@ -43,6 +43,8 @@ log = logging.getLogger("stoic.worker")
 OCTET_STREAM = "application/octet-stream"
 STOP_GRACE = 2.0
 """Seconds a worker asked to stop (SIGTERM) waits for in-flight invocations to finish."""
+FLUSH_GRACE = 0.1
+"""Seconds gRPC gets to deliver the last results before the server stops."""
 
 
 @dataclass(frozen=True)
@@ -196,10 +198,14 @@ async def _serve(config: WorkerConfig, handler: Callable[..., Any], ready_fd: in
         os.close(ready_fd)
         async for _ in signals:
             break
-    # Graceful stop: let in-flight attempts finish briefly, then go. The node sees the
-    # stream end when the process exits; no server.stop() (it only cancels the stream).
+    # Graceful stop: let in-flight attempts finish briefly, then stop the server with a
+    # short grace so that their results, already handed to gRPC, reach the node; it then
+    # cancels the (never-ending) Execute stream, which gRPC would log as an error.
     with anyio.move_on_after(STOP_GRACE):
         await executor.idle.wait()
+    logging.getLogger("grpc._cython.cygrpc").setLevel(logging.CRITICAL)
+    with anyio.move_on_after(FLUSH_GRACE + 0.5):
+        await server.stop(FLUSH_GRACE)
     _exit_now(0)
 
 
@@ -225,7 +231,7 @@ def run_worker(config: WorkerConfig) -> NoReturn:
                    "%(name)s %(levelname)s %(message)s",
         )
         limit_malloc_arenas()
-        set_memory_limit(config.spec.config.memory_mb)
+        set_memory_limit(config.spec.config.memory_mb, config.spec.config.concurrency)
         try:
             handler = resolve_handler(config.spec)
         except MemoryError:
