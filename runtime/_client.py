@@ -21,22 +21,26 @@ An UNAVAILABLE sent by a node itself (e.g. the function's circuit is open) is ra
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
-from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping, Sequence
 from typing import Any, Literal, TypeVar
 
 import anyio
 import grpc.aio
+from opentelemetry.trace import SpanKind
 
 from runtime._errors import (
     ConnectionLost,
     FunctionError,
     InvalidInput,
+    InvocationNotFound,
     InvocationTimeout,
     StoicError,
     Unreachable,
 )
+from runtime._tracing import ATTR_FUNCTION, Tracing, inject
 from runtime.wire import (
     DEFAULT_MAX_PAYLOAD_BYTES,
     JSON,
@@ -93,7 +97,9 @@ class AsyncClient:
         *,
         default_timeout: float | None = None,
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+        tracing: Tracing | None = None,
     ) -> None:
+        self._tracing = tracing
         self.targets: tuple[str, ...] = (targets,) if isinstance(targets, str) else tuple(targets)
         if not self.targets or not all(self.targets):
             raise ValueError(f"targets must be non-empty host:port strings, got {targets!r}")
@@ -101,6 +107,15 @@ class AsyncClient:
         self._max = max_payload_bytes
         self._channels: dict[int, grpc.aio.Channel] = {}
         self._current = 0
+
+    @contextlib.contextmanager
+    def _span(self, name: str, function: str) -> Iterator[None]:
+        if self._tracing is None:
+            yield
+            return
+        with self._tracing.start_span(name, kind=SpanKind.CLIENT,
+                                      attributes={ATTR_FUNCTION: function}):
+            yield
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -197,12 +212,15 @@ class AsyncClient:
             content_type=content_type,
             idempotency_key=idempotency_key or "",
         )
-        result = await self._call(
-            f"invoke {name!r}",
-            lambda ch: InvokerStub(ch).invoke(request, metadata=metadata),
-            "always" if idempotency_key else "unreached",
-            timeout,
-        )
+        with self._span("stoic.client.invoke", name):
+            # the caller's current trace (ours, or an instrumented caller's) is the parent
+            sent = {**(metadata or {}), **inject()}
+            result = await self._call(
+                f"invoke {name!r}",
+                lambda ch: InvokerStub(ch).invoke(request, metadata=sent),
+                "always" if idempotency_key else "unreached",
+                timeout,
+            )
         if result.error is not None:
             raise FunctionError(
                 result.error.type,
@@ -231,12 +249,15 @@ class AsyncClient:
             content_type=content_type,
             idempotency_key=idempotency_key or "",
         )
-        return await self._call(
-            f"invoke_async {name!r}",
-            lambda ch: InvokerStub(ch).invoke_async(request, metadata=metadata),
-            "always" if idempotency_key else "unreached",
-            timeout,
-        )
+        with self._span("stoic.client.invoke_async", name):
+            sent = {**(metadata or {}), **inject()}
+            inv_id: str = await self._call(
+                f"invoke_async {name!r}",
+                lambda ch: InvokerStub(ch).invoke_async(request, metadata=sent),
+                "always" if idempotency_key else "unreached",
+                timeout,
+            )
+        return inv_id
 
     async def get_invocation(
         self,
@@ -356,6 +377,30 @@ class AsyncClient:
             timeout,
         )
 
+    async def trace_spans(
+        self, invocation_id: str, *, timeout: float | None = None,  # noqa: ASYNC109
+        metadata: Mapping[str, str] | None = None,
+    ) -> tuple[str, ...]:
+        """The spans the cluster's nodes recorded locally for an invocation (JSON objects)."""
+        return await self._call(
+            "get_trace",
+            lambda ch: ControlStub(ch).get_trace(invocation_id, metadata=metadata),
+            "always",
+            timeout,
+        )
+
+    async def trace(self, invocation_id: str, *, timeout: float | None = None) -> str:  # noqa: ASYNC109
+        """The invocation's trace as a tree with durations (for `stoic trace`)."""
+        import json
+
+        from runtime._tracing import SpanRecord, render_tree
+
+        spans = await self.trace_spans(invocation_id, timeout=timeout)
+        records = [SpanRecord.from_dict(json.loads(s)) for s in spans]
+        if not records:
+            raise InvocationNotFound(f"no spans recorded for invocation {invocation_id!r}")
+        return render_tree(records)
+
 
 class Client:
     """The blocking client for plain scripts: same methods and errors as `AsyncClient`.
@@ -371,9 +416,11 @@ class Client:
         *,
         default_timeout: float | None = None,
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+        tracing: Tracing | None = None,
     ) -> None:
         self._async = AsyncClient(
-            targets, default_timeout=default_timeout, max_payload_bytes=max_payload_bytes
+            targets, default_timeout=default_timeout, max_payload_bytes=max_payload_bytes,
+            tracing=tracing,
         )
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
@@ -453,3 +500,7 @@ class Client:
     ) -> tuple[str, ...]:
         """See `AsyncClient.redrive`."""
         return self._run(self._async.redrive(ids, **kwargs))
+
+    def trace(self, invocation_id: str, **kwargs: Any) -> str:
+        """See `AsyncClient.trace`."""
+        return self._run(self._async.trace(invocation_id, **kwargs))

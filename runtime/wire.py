@@ -812,6 +812,10 @@ class ControlHandler(Protocol):
 
     async def redrive(self, request: RedriveRequest, call: CallInfo) -> Sequence[str]: ...
 
+    async def get_trace(self, invocation_id: str, call: CallInfo) -> Sequence[str]:
+        """The spans recorded for an invocation, one JSON object per span."""
+        ...
+
 
 class WorkerHandler(Protocol):
     """What a function actor process implements: run one attempt. A handler's exception
@@ -900,6 +904,15 @@ class _ControlServicer(control_pb2_grpc.ControlServicer):
             return control_pb2.RedriveResponse(invocation_ids=list(ids))
         except Exception as exc:
             await _abort(context, "Redrive", exc)
+
+    async def GetTrace(self, request: Any, context: Any) -> Any:
+        try:
+            if not request.invocation_id:
+                raise InvalidInput("invocation_id is empty")
+            spans = await self._handler.get_trace(request.invocation_id, _call_info(context))
+            return control_pb2.GetTraceResponse(spans_json=list(spans))
+        except Exception as exc:
+            await _abort(context, "GetTrace", exc)
 
 
 class _WorkerServicer(worker_pb2_grpc.WorkerServicer):
@@ -1138,6 +1151,14 @@ class ControlStub:
     ) -> tuple[str, ...]:
         msg = await self._unary(self._stub.Redrive, request.to_proto(), metadata)
         return tuple(msg.invocation_ids)
+
+    async def get_trace(
+        self, invocation_id: str, *, metadata: Mapping[str, str] | None = None,
+    ) -> tuple[str, ...]:
+        msg = await self._unary(
+            self._stub.GetTrace, control_pb2.GetTraceRequest(invocation_id=invocation_id),
+            metadata)
+        return tuple(msg.spans_json)
 
 
 # --------------------------------------------------------------------------- worker stream

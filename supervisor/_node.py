@@ -23,8 +23,13 @@ from typing import Any
 
 import anyio
 import grpc
+from opentelemetry.trace import SpanKind
 
 from runtime import (
+    ATTR_ATTEMPT,
+    ATTR_FUNCTION,
+    ATTR_INVOCATION_ID,
+    ATTR_REASON,
     ConnectionLost,
     FunctionNotFound,
     InstanceCrashed,
@@ -32,8 +37,10 @@ from runtime import (
     InvocationNotFound,
     InvocationTimeout,
     StoicError,
+    Tracing,
     Unavailable,
     Unreachable,
+    inject,
     wire,
 )
 from supervisor._membership import MemberRecord, Membership, MembershipConfig
@@ -110,9 +117,13 @@ class Node:
     """A running node. `serve` runs it until cancelled; the handler methods are the
     Invoker and Control services (through `runtime.wire`'s adapters)."""
 
-    def __init__(self, config: NodeConfig, store: Any, spawner_factory: Any) -> None:
+    def __init__(self, config: NodeConfig, store: Any, spawner_factory: Any,
+                 tracing: Tracing | None = None) -> None:
         self.config = config
-        self.store = store
+        self.tracing = tracing or Tracing.from_env(
+            node_id=config.node_id, zone=config.zone, role="node",
+            environ={"OTEL_TRACES_EXPORTER": "none"})
+        self.store = TracedStore(store, self.tracing)
         self._spawner_factory = spawner_factory  # FunctionSpec -> (instance id -> WorkerProcess)
         self.functions: dict[str, wire.FunctionSpec] = {}
         self.pools: dict[str, FunctionPool] = {}
@@ -270,11 +281,14 @@ class Node:
             if spec is None:
                 raise FunctionNotFound(f"function {request.function!r} is not deployed")
         invocation_id = call.metadata.get(INVOCATION_HEADER) or uuid.uuid4().hex
-        if call.metadata.get(HOP_HEADER):
-            attempt = int(call.metadata.get(ATTEMPT_HEADER, "1") or 1)
-            return await self._run_local(spec, request, invocation_id, attempt, call)
-        return await self.dispatch(spec, request, invocation_id, call.deadline,
-                                   trace_context=dict(call.metadata))
+        attrs = {ATTR_FUNCTION: spec.name, ATTR_INVOCATION_ID: invocation_id,
+                 "stoic.node": self.config.node_id, "stoic.zone": self.config.zone}
+        with self.tracing.start_span("stoic.node.receive", parent=call.metadata,
+                                     kind=SpanKind.SERVER, attributes=attrs):
+            if call.metadata.get(HOP_HEADER):
+                attempt = int(call.metadata.get(ATTEMPT_HEADER, "1") or 1)
+                return await self._run_local(spec, request, invocation_id, attempt, call)
+            return await self.dispatch(spec, request, invocation_id, call.deadline)
 
     async def dispatch(
         self, spec: wire.FunctionSpec, request: wire.InvokeRequest, invocation_id: str,
@@ -295,18 +309,32 @@ class Node:
                     f"{spec.name}: deadline passed after {attempt - first_attempt} attempt(s)"
                     + (f"; last failure: {last}" if last else ""))
             local = self.pools.get(spec.name)
+            attrs: dict[str, str | int] = {
+                ATTR_FUNCTION: spec.name, ATTR_INVOCATION_ID: invocation_id,
+                ATTR_ATTEMPT: attempt}
             try:
-                if local is not None and local.healthy and self.config.node_id not in excluded:
-                    return await self._run_local(spec, request, invocation_id, attempt,
-                                                 wire.CallInfo(deadline=deadline))
-                peers = self._candidates(spec.name, excluded)
-                if not peers:
-                    if local is not None and not local.healthy:
-                        raise local.unavailable_error()
-                    raise last or Unavailable(
-                        f"no healthy instance of {spec.name!r} in any zone")
-                peer = peers[0]
-                return await self._forward(peer, request, invocation_id, attempt, deadline)
+                with self.tracing.start_span("stoic.attempt", attributes=attrs) as span:
+                    with self.tracing.start_span("stoic.route", attributes=attrs) as route:
+                        use_local = (local is not None and local.healthy
+                                     and self.config.node_id not in excluded)
+                        peers = [] if use_local else self._candidates(spec.name, excluded)
+                        target = "local" if use_local else (peers[0].node_id if peers else "none")
+                        route.set_attribute("stoic.route.target", target)
+                    if use_local:
+                        try:
+                            return await self._run_local(spec, request, invocation_id, attempt,
+                                                         wire.CallInfo(deadline=deadline))
+                        except InstanceCrashed as exc:
+                            self.tracing.record_supervisor_event(
+                                span, "child_terminated", {ATTR_REASON: str(exc), **attrs})
+                            raise
+                    if not peers:
+                        if local is not None and not local.healthy:
+                            raise local.unavailable_error()
+                        raise last or Unavailable(
+                            f"no healthy instance of {spec.name!r} in any zone")
+                    return await self._forward(peers[0], request, invocation_id, attempt,
+                                               deadline)
             except Unreachable as exc:
                 # The request never reached that node: route around it, same attempt.
                 node = getattr(exc, "node_id", None)
@@ -340,8 +368,19 @@ class Node:
         exec_req = wire.ExecuteRequest(
             invocation_id=invocation_id, attempt=attempt, function=spec.name,
             payload=request.payload, content_type=request.content_type or wire.JSON,
-            deadline=call.deadline, trace_context={})
-        result, pid = await pool.invoke(exec_req, call.deadline)
+            deadline=call.deadline, trace_context=inject())
+        try:
+            result, pid = await pool.invoke(exec_req, call.deadline)
+        except InstanceCrashed as exc:
+            if call.metadata.get(HOP_HEADER):
+                # the forwarding node records the crash on its attempt span; here, on ours
+                from opentelemetry import trace as otel_trace
+
+                self.tracing.record_supervisor_event(
+                    otel_trace.get_current_span(), "child_terminated",
+                    {ATTR_REASON: str(exc), ATTR_INVOCATION_ID: invocation_id,
+                     ATTR_FUNCTION: spec.name, ATTR_ATTEMPT: attempt})
+            raise
         return wire.InvokeResult(
             invocation_id=invocation_id, payload=result.payload,
             content_type=result.content_type, attempts=attempt,
@@ -353,8 +392,19 @@ class Node:
         attempt: int, deadline: float | None,
     ) -> wire.InvokeResult:
         _, invoker, _ = self._peer(peer.address)
-        metadata = {HOP_HEADER: self.config.node_id, INVOCATION_HEADER: invocation_id,
-                    ATTEMPT_HEADER: str(attempt)}
+        with self.tracing.start_span(
+                "stoic.forward", kind=SpanKind.CLIENT,
+                attributes={ATTR_FUNCTION: request.function, ATTR_INVOCATION_ID: invocation_id,
+                            ATTR_ATTEMPT: attempt, "stoic.peer": peer.node_id,
+                            "stoic.peer.zone": peer.zone}):
+            metadata = {HOP_HEADER: self.config.node_id, INVOCATION_HEADER: invocation_id,
+                        ATTEMPT_HEADER: str(attempt), **inject()}
+            return await self._forward_call(peer, invoker, request, metadata, deadline)
+
+    async def _forward_call(
+        self, peer: MemberRecord, invoker: wire.InvokerStub, request: wire.InvokeRequest,
+        metadata: dict[str, str], deadline: float | None,
+    ) -> wire.InvokeResult:
         try:
             if deadline is not None:
                 with anyio.fail_after(max(deadline - time.time(), 0.001)):
@@ -450,6 +500,22 @@ class Node:
             nodes.append(remote)
         return wire.Status(nodes=tuple(sorted(nodes, key=lambda n: (n.zone, n.node_id))))
 
+    async def get_trace(self, invocation_id: str, call: wire.CallInfo) -> Sequence[str]:
+        """Spans recorded locally for the invocation, from this node and (unless asked by
+        a peer) every live peer."""
+        spans = [json.dumps(r.to_dict()) for r in self.tracing.spans_for_invocation(invocation_id)]
+        if call.metadata.get(HOP_HEADER):
+            return spans
+        for rec in self.membership.peers():
+            _, _, control = self._peer(rec.address)
+            try:
+                with anyio.fail_after(2.0):
+                    spans.extend(await control.get_trace(
+                        invocation_id, metadata={HOP_HEADER: self.config.node_id}))
+            except (StoicError, TimeoutError) as exc:
+                log.info("trace: peer %s did not answer: %s", rec.node_id, exc)
+        return spans
+
     async def list_dead_letters(self, request: wire.ListDeadLettersRequest, call: wire.CallInfo) -> Sequence[wire.InvocationInfo]:
         if self.async_invocations is None:
             return []
@@ -495,7 +561,8 @@ async def _serve_until_signalled(config: NodeConfig) -> None:
                                              instance_id=instance_id)
                 return spawn
 
-            node = Node(config, store, spawner_factory)
+            tracing = Tracing.from_env(node_id=config.node_id, zone=config.zone, role="node")
+            node = Node(config, store, spawner_factory, tracing)
             from supervisor._async import AsyncInvocations
 
             node.async_invocations = AsyncInvocations(node)
@@ -506,3 +573,24 @@ async def _serve_until_signalled(config: NodeConfig) -> None:
                         log.info("node %s stopping", config.node_id)
                         break
                 tg.cancel_scope.cancel()
+            await anyio.to_thread.run_sync(tracing.shutdown, 5.0)
+
+
+class TracedStore:
+    """The store, with one child span per operation (`stoic.store.<op>`)."""
+
+    def __init__(self, store: Any, tracing: Tracing) -> None:
+        self._store = store
+        self._tracing = tracing
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._store, name)
+        if name.startswith("_") or not callable(attr):
+            return attr
+        tracing = self._tracing
+
+        async def traced(*args: Any, **kwargs: Any) -> Any:
+            with tracing.start_span(f"stoic.store.{name}"):
+                return await attr(*args, **kwargs)
+
+        return traced

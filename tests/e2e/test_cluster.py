@@ -158,3 +158,41 @@ def test_killed_node_restarted_rejoins_and_serves(tmp_path: Path) -> None:
                               if n.node_id == victim.node_id).healthy, what="node back")
         with Client(victim.address) as v:
             poll(lambda: v.invoke("whoami").value["zone"] == victim.zone, what="whoami local")
+
+
+def test_killing_stoic_up_leaves_nothing_behind(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from tests.fixtures.cluster import free_port_block
+
+    port = free_port_block(3)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "supervisor.cli", "up", "--no-status", "--port", str(port),
+         "--state-dir", str(tmp_path / "state")],
+        cwd=str(ROOT), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    tracked: set[int] = set()
+    try:
+        assert proc.stdout is not None
+        lines = []
+        deadline = time.monotonic() + 90
+        for line in proc.stdout:
+            lines.append(line)
+            if "cluster ready" in line or time.monotonic() > deadline:
+                break
+        assert any("cluster ready" in x for x in lines), "".join(lines)
+        assert sum("listening on 127.0.0.1:" in x for x in lines) == 3
+        tracked = descendants(proc.pid)
+        assert len(tracked) >= 3 + 3  # three nodes, their fork servers and instances
+        proc.kill()
+        proc.wait(timeout=10)
+        assert wait_gone(tracked, timeout=20) == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+        for p in tracked:
+            try:
+                os.kill(p, signal.SIGKILL)
+            except ProcessLookupError:
+                pass

@@ -152,3 +152,15 @@ class RedriveResponse(_message.Message):
     INVOCATION_IDS_FIELD_NUMBER: _ClassVar[int]
     invocation_ids: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, invocation_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class GetTraceRequest(_message.Message):
+    __slots__ = ("invocation_id",)
+    INVOCATION_ID_FIELD_NUMBER: _ClassVar[int]
+    invocation_id: str
+    def __init__(self, invocation_id: _Optional[str] = ...) -> None: ...
+
+class GetTraceResponse(_message.Message):
+    __slots__ = ("spans_json",)
+    SPANS_JSON_FIELD_NUMBER: _ClassVar[int]
+    spans_json: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, spans_json: _Optional[_Iterable[str]] = ...) -> None: ...

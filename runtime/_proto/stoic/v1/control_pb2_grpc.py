@@ -60,6 +60,11 @@ class ControlStub:
                 request_serializer=stoic_dot_v1_dot_control__pb2.RedriveRequest.SerializeToString,
                 response_deserializer=stoic_dot_v1_dot_control__pb2.RedriveResponse.FromString,
                 _registered_method=True)
+        self.GetTrace = channel.unary_unary(
+                '/stoic.v1.Control/GetTrace',
+                request_serializer=stoic_dot_v1_dot_control__pb2.GetTraceRequest.SerializeToString,
+                response_deserializer=stoic_dot_v1_dot_control__pb2.GetTraceResponse.FromString,
+                _registered_method=True)
 
 
 class ControlServicer:
@@ -96,6 +101,13 @@ class ControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetTrace(self, request, context):
+        """Spans recorded locally by the nodes (bounded) for one invocation, as JSON objects.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -123,6 +135,11 @@ def add_ControlServicer_to_server(servicer, server):
                     servicer.Redrive,
                     request_deserializer=stoic_dot_v1_dot_control__pb2.RedriveRequest.FromString,
                     response_serializer=stoic_dot_v1_dot_control__pb2.RedriveResponse.SerializeToString,
+            ),
+            'GetTrace': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTrace,
+                    request_deserializer=stoic_dot_v1_dot_control__pb2.GetTraceRequest.FromString,
+                    response_serializer=stoic_dot_v1_dot_control__pb2.GetTraceResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -261,6 +278,33 @@ class Control:
             '/stoic.v1.Control/Redrive',
             stoic_dot_v1_dot_control__pb2.RedriveRequest.SerializeToString,
             stoic_dot_v1_dot_control__pb2.RedriveResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTrace(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stoic.v1.Control/GetTrace',
+            stoic_dot_v1_dot_control__pb2.GetTraceRequest.SerializeToString,
+            stoic_dot_v1_dot_control__pb2.GetTraceResponse.FromString,
             options,
             channel_credentials,
             insecure,
