@@ -67,6 +67,7 @@ class NodeConfig:
     apps: tuple[str, ...] = ()
     state_dir: str = ".stoic"
     die_with_parent: bool = False
+    advertise: str = ""  # HOST:PORT peers use to reach this node (default: listen)
     membership: MembershipConfig = field(default_factory=MembershipConfig)
     pool: PoolConfig = field(default_factory=PoolConfig)
 
@@ -78,6 +79,16 @@ class NodeConfig:
         host, _, port = self.listen.rpartition(":")
         if not host or not port.isdigit():
             raise ValueError(f"listen: expected HOST:PORT, got {self.listen!r}")
+        ahost, _, aport = self.advertised.rpartition(":")
+        if not ahost or not aport.isdigit():
+            raise ValueError(f"advertise: expected HOST:PORT, got {self.advertised!r}")
+        if ahost in ("0.0.0.0", "::", "[::]"):
+            raise ValueError(f"listening on {self.listen}: pass --advertise HOST:PORT so "
+                             "peers know where to reach this node")
+
+    @property
+    def advertised(self) -> str:
+        return self.advertise or self.listen
 
 
 def spec_to_json(spec: wire.FunctionSpec) -> bytes:
@@ -135,7 +146,7 @@ class Node:
         self.membership = Membership(
             store=store,
             me=MemberRecord(node_id=config.node_id, zone=config.zone,
-                            address=config.listen, pid=os.getpid()),
+                            address=config.advertised, pid=os.getpid()),
             config=config.membership,
             describe=self._describe,
             on_fenced=self._on_fenced,
@@ -464,7 +475,7 @@ class Node:
 
     def local_status(self) -> wire.NodeStatus:
         return wire.NodeStatus(
-            node_id=self.config.node_id, zone=self.config.zone, address=self.config.listen,
+            node_id=self.config.node_id, zone=self.config.zone, address=self.config.advertised,
             healthy=self.membership.holds_lease, lease_age=0.0, pid=os.getpid(),
             pools=tuple(self.pools[n].status() for n in sorted(self.pools)))
 

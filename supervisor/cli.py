@@ -40,6 +40,7 @@ def cmd_node(args: argparse.Namespace) -> int:
         apps=tuple(args.apps),
         state_dir=args.state_dir,
         die_with_parent=args.die_with_parent,
+        advertise=args.advertise,
     )
     return run_node(config)
 
@@ -281,6 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_argument("--zone", required=True)
     node.add_argument("--listen", default="127.0.0.1:50051")
     node.add_argument("--node-id", default="")
+    node.add_argument("--advertise", default="",
+                      help="HOST:PORT peers use to reach this node (default: --listen)")
     node.add_argument("--store", default="", help="store URL (default: SQLite under --state-dir)")
     node.add_argument("--state-dir", default=".stoic")
     node.add_argument("--die-with-parent", action="store_true", help=argparse.SUPPRESS)

@@ -88,7 +88,8 @@ def _check_node_config(args: argparse.Namespace, where: str) -> None:
 
     try:
         NodeConfig(node_id=args.node_id, zone=args.zone, listen=args.listen,
-                   store_url=args.store, apps=tuple(args.apps), state_dir=args.state_dir)
+                   store_url=args.store, apps=tuple(args.apps), state_dir=args.state_dir,
+                   advertise=getattr(args, "advertise", ""))
     except ValueError as exc:
         pytest.fail(f"{where}: node configuration rejected: {exc}")
     for app in args.apps:
