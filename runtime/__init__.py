@@ -71,6 +71,9 @@ __all__ += [
 ]
 
 # --- store (issue 4) ---
+from runtime._sqlite_store import LeaseLost, VersionConflict, open_store
+
+__all__ += ["open_store", "VersionConflict", "LeaseLost"]
 
 # --- tracing (issue 7) ---
 from runtime._tracing import (  # noqa: E402

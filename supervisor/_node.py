@@ -171,6 +171,9 @@ class Node:
             await self._deploy_initial_apps()
             await tg.start(self.membership.run)
             await self._reconcile_once()
+            with anyio.move_on_after(15.0):  # ready means warm: wait for the first instances
+                for pool in list(self.pools.values()):
+                    await pool.wait_started()
             tg.start_soon(self._reconcile_loop)
             if self.async_invocations is not None:
                 await tg.start(self.async_invocations.run)
@@ -326,7 +329,7 @@ class Node:
             try:
                 with self.tracing.start_span("stoic.attempt", attributes=attrs) as span:
                     with self.tracing.start_span("stoic.route", attributes=attrs) as route:
-                        use_local = (local is not None and local.healthy
+                        use_local = (local is not None and local.usable
                                      and self.config.node_id not in excluded)
                         peers = [] if use_local else self._candidates(spec.name, excluded)
                         target = "local" if use_local else (peers[0].node_id if peers else "none")

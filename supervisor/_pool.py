@@ -81,6 +81,16 @@ class FunctionPool:
         return self.state == "healthy"
 
     @property
+    def usable(self) -> bool:
+        """Healthy, or starting (an invocation then waits for the first instance)."""
+        return self.state in ("healthy", "starting")
+
+    async def wait_started(self) -> None:
+        """Return once the pool has left the `starting` state (healthy or failing)."""
+        while self.state == "starting":
+            await self._capacity_changed.wait()
+
+    @property
     def in_flight(self) -> int:
         return sum(self._in_flight.values())
 

@@ -179,11 +179,16 @@ def test_sigstopped_idle_instance_is_replaced(client: Client) -> None:
 
 
 def test_broken_import_opens_the_circuit_and_others_keep_serving(client: Client) -> None:
-    client.deploy([str(ROOT / "examples" / "broken.py")])
+    # deploying a module that fails on import is refused at once, naming the error ...
+    with pytest.raises(InvalidInput, match="fails on import"):
+        client.deploy([str(ROOT / "examples" / "broken.py")])
+    # ... and one that imports in the node but fails in its function actor processes trips
+    # the restart intensity: the circuit opens and callers get UNAVAILABLE with the reason
+    client.deploy([str(ROOT / "tests" / "e2e" / "apps" / "broken_in_worker.py")])
 
     def unavailable() -> str:
         try:
-            client.invoke("broken", timeout=10)
+            client.invoke("broken_in_worker", timeout=10)
         except Unavailable as exc:
             return str(exc)
         except InstanceCrashed:
@@ -201,7 +206,9 @@ def test_bad_input_gets_precise_statuses(client: Client) -> None:
     with pytest.raises(InvalidInput, match="JSON|json"):
         client.invoke("echo", raw=b"{not json", content_type="application/json")
     with pytest.raises(LimitExceeded, match="limit"):
-        client.invoke("echo", raw=b"x" * (7 * 1024 * 1024), content_type="application/octet-stream")
+        # just past the node's 6 MiB payload limit (gRPC itself refuses far larger messages)
+        client.invoke("echo", raw=b"x" * (6 * 1024 * 1024 + 100),
+                      content_type="application/octet-stream")
     with pytest.raises(InvalidInput, match="empty"):
         client.invoke("", {})
     assert client.invoke("echo", {"fine": True}).value == {"fine": True}
