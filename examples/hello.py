@@ -25,7 +25,8 @@ def echo(event: Any, ctx: Context) -> Any:
     return event
 
 
-@function(timeout=5.0)
+# min_zones at or above the number of zones: an instance in every zone
+@function(timeout=5.0, min_zones=3)
 async def whoami(event: Any, ctx: Context) -> dict[str, Any]:
     """Where it runs: node, zone, instance, pid, and the invocation's attempt."""
     return {
