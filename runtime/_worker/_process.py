@@ -14,6 +14,7 @@ fresh interpreter is started instead (`python -m runtime._worker serve`), which 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -155,10 +156,12 @@ class WorkerProcess:
             race.start_soon(exit_watch)
             try:
                 await self._ready.wait()
-                await tg.start(self._client.run)
+                await tg.start(self._run_client)
                 await self._client.ping()
             except InstanceCrashed as exc:
                 problem = str(exc)
+            except RuntimeError as exc:  # the stream reader ended before it started
+                problem = f"the worker stream did not open: {exc}"
             race.cancel_scope.cancel()
         if self._reason is None and not problem and not self._client.closed:
             return
@@ -174,6 +177,20 @@ class WorkerProcess:
         if reason is None or (reason.kind == "killed" and self._kill_requested):
             reason = ExitReason.error(f"did not start: {problem}")
         return WorkerStartFailed(f"instance {self.name} failed to start: {reason.detail}", reason)
+
+    async def _run_client(self, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
+        """`WorkerStreamClient.run`, minus a stray CancelledError of grpc.aio's own (raised
+        by a call whose internal task was cancelled under it, not by a cancellation of this
+        task): it would otherwise cancel the fork server's whole task group."""
+        try:
+            await self._client.run(task_status=task_status)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling() == 0:
+                log.debug("worker %s: grpc.aio raised CancelledError; stream over", self.name)
+                await self._client.aclose()
+                return
+            raise
 
     def _set_exit(
         self, code: int | None, sig: int | None, tg: anyio.abc.TaskGroup,
@@ -199,7 +216,8 @@ class WorkerProcess:
             with contextlib.suppress(OSError):
                 os.unlink(path)
         self._exited.set()
-        tg.start_soon(self._client.aclose)  # waiters fail now, not at a gRPC timeout
+        # No client.aclose() here: the kernel closed the socket, so the stream has broken
+        # (or breaks now) and its waiters fail with it.
 
     async def wait_exit(self) -> ExitReason:
         """Wait until the process has ended (and was reaped); return why. Cancellable."""
@@ -380,7 +398,11 @@ class ForkServer:
                 except (anyio.EndOfStream, anyio.IncompleteRead, anyio.ClosedResourceError,
                         anyio.BrokenResourceError):
                     break
-                msg = json.loads(line)
+                try:
+                    msg = json.loads(line)
+                except ValueError:
+                    log.error("fork server template sent a bad line: %r", line[:200])
+                    continue
                 op = msg.get("op")
                 if op in ("spawned", "spawn_failed"):
                     waiter = self._spawn_waiters.pop(int(msg.get("ref") or 0), None)

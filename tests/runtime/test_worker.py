@@ -4,6 +4,7 @@ crashes, signals, memory limits, and parent death. Every test ends every process
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -12,11 +13,12 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import anyio
 import pytest
+from anyio.streams.buffered import BufferedByteReceiveStream
 
 from runtime import (
     ExitReason,
@@ -37,6 +39,7 @@ EXAMPLES = ROOT / "examples"
 TEST_APP = """
 import os
 import anyio
+from anyio.streams.buffered import BufferedByteReceiveStream
 from runtime import function
 
 @function(timeout=5.0, concurrency=2)
@@ -88,11 +91,22 @@ def alive(pid: int) -> bool:
         return False
 
 
+def proc_file(pid: int, name: str) -> str:
+    with open(f"/proc/{pid}/{name}", encoding="ascii") as f:
+        return f.read()
+
+
+async def poll_until(condition: Callable[[], bool], within: float = 5.0) -> None:
+    """Poll `condition` (no event to wait on: another process's state) until it holds;
+    TimeoutError after `within` seconds."""
+    with anyio.fail_after(within):
+        while not condition():  # noqa: ASYNC110
+            await anyio.sleep(0.005)
+
+
 async def wait_gone(pids: Iterable[int], within: float = 5.0) -> None:
     pids = list(pids)
-    with anyio.fail_after(within):
-        while any(alive(p) for p in pids):
-            await anyio.sleep(0.01)
+    await poll_until(lambda: not any(alive(p) for p in pids), within)
 
 
 @pytest.mark.parametrize("use_template", [True, False], ids=["template", "fresh"])
@@ -120,7 +134,7 @@ async def test_spawn_execute_and_stop(specs: dict[str, FunctionSpec], use_templa
         assert me == {"node": "n1", "zone": "a", "instance": "w-1", "pid": who.pid,
                       "invocation_id": "abc", "attempt": 2}
         if use_template:  # forked from the template, not from us
-            assert open(f"/proc/{who.pid}/stat").read().split()[3] == str(forks.template_pid)
+            assert proc_file(who.pid, "stat").split()[3] == str(forks.template_pid)
 
         for worker in (hello, echo, who):
             worker.stop()
@@ -148,9 +162,7 @@ async def test_context_deadline_encoding_and_in_flight(specs: dict[str, Function
         async with anyio.create_task_group() as tg:
             for _ in range(2):
                 tg.start_soon(napper.execute, req("napper", b'{"s": 0.3}'))
-            with anyio.fail_after(2):
-                while napper.in_flight < 2:
-                    await anyio.sleep(0.01)
+            await poll_until(lambda: napper.in_flight == 2, 2)
         assert napper.in_flight == 0
 
         # stop lets an in-flight invocation finish, then the worker exits 0
@@ -161,9 +173,7 @@ async def test_context_deadline_encoding_and_in_flight(specs: dict[str, Function
                 results.append(await napper.execute(req("napper", b'{"s": 0.3}')))
 
             tg.start_soon(run)
-            with anyio.fail_after(2):
-                while napper.in_flight < 1:
-                    await anyio.sleep(0.01)
+            await poll_until(lambda: napper.in_flight == 1, 2)
             napper.stop()
         assert value(results[0])["pid"] == napper.pid  # type: ignore[index]
         with anyio.fail_after(5):
@@ -232,22 +242,21 @@ async def test_sigkill_during_execute_surfaces_promptly(specs: dict[str, Functio
         worker = await forks.spawn(specs["hang"])
         async with anyio.create_task_group() as tg:
             errors: list[BaseException] = []
+            failed = anyio.Event()
 
             async def run() -> None:
                 try:
                     await worker.execute(req("hang"))
                 except InstanceCrashed as exc:
                     errors.append(exc)
+                    failed.set()
 
             tg.start_soon(run)
-            with anyio.fail_after(2):
-                while worker.in_flight < 1:
-                    await anyio.sleep(0.005)
+            await poll_until(lambda: worker.in_flight == 1, 2)
             os.kill(worker.pid, signal.SIGKILL)  # from outside, not via worker.kill()
             started = time.perf_counter()
             with anyio.fail_after(1.0):  # far below any gRPC timeout
-                while not errors:
-                    await anyio.sleep(0.002)
+                await failed.wait()
             print(f"InstanceCrashed {((time.perf_counter() - started) * 1000):.1f} ms after SIGKILL")
         assert "killed by SIGKILL" in str(errors[0])
         assert (await worker.wait_exit()).kind == "killed"
@@ -291,8 +300,7 @@ async def test_template_death_kills_its_workers_then_falls_back(
     async with ForkServer.open() as forks:
         template = forks.template_pid
         assert template is not None
-        with open(f"/proc/{template}/status") as f:  # single-threaded when it forks
-            assert "Threads:\t1\n" in f.read()
+        assert "Threads:\t1\n" in proc_file(template, "status")  # single-threaded forks
         workers = [await forks.spawn(specs["hello"]) for _ in range(2)]
         os.kill(template, signal.SIGKILL)
         await wait_gone([template, *(w.pid for w in workers)])
@@ -323,24 +331,25 @@ anyio.run(main)
 async def test_killing_the_node_leaves_no_worker_behind(tmp_path: Path) -> None:
     script = tmp_path / "node.py"
     script.write_text(NODE_SCRIPT)
-    proc = subprocess.Popen(
-        [sys.executable, str(script), str(EXAMPLES / "hello.py")], stdout=subprocess.PIPE,
-        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     pids: list[int] = []
-    try:
-        assert proc.stdout is not None
-        with anyio.fail_after(30):
-            line = await anyio.to_thread.run_sync(proc.stdout.readline)
-        pids = json.loads(line)
-        assert len(pids) == 3 and all(alive(p) for p in pids)
-        proc.kill()
-        await wait_gone(pids)
-    finally:
-        proc.kill()
-        proc.wait(5)
-        for pid in pids:
-            if alive(pid):
-                os.kill(pid, signal.SIGKILL)
+    async with await anyio.open_process(
+        [sys.executable, str(script), str(EXAMPLES / "hello.py")], stdin=subprocess.DEVNULL,
+        stderr=None, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    ) as node:
+        try:
+            assert node.stdout is not None
+            with anyio.fail_after(30):
+                line = await BufferedByteReceiveStream(node.stdout).receive_until(b"\n", 4096)
+            pids = json.loads(line)
+            assert len(pids) == 3 and all(alive(p) for p in pids)
+            node.kill()  # SIGKILL: no cleanup code of the node runs
+            await wait_gone(pids)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                node.kill()
+            for pid in pids:
+                if alive(pid):
+                    os.kill(pid, signal.SIGKILL)
 
 
 def test_exit_reasons() -> None:
