@@ -310,6 +310,7 @@ class ForkServer:
         self._spawn_waiters: dict[int, tuple[anyio.Event, list[Any]]] = {}
         self._by_pid: dict[int, WorkerProcess] = {}
         self._early_exits: dict[int, tuple[int | None, int | None]] = {}
+        self._early_ready: set[int] = set()
         self._write_lock = anyio.Lock()
         self.workers: set[WorkerProcess] = set()
         self._closing = False
@@ -410,9 +411,12 @@ class ForkServer:
                         waiter[1].append(msg)
                         waiter[0].set()
                 elif op == "worker_ready":
+                    # The child may write this before the template's "spawned" line.
                     worker = self._by_pid.get(int(msg["pid"]))
                     if worker is not None:
                         worker._ready.set()
+                    else:
+                        self._early_ready.add(int(msg["pid"]))
                 elif op == "exit":
                     self._on_exit(int(msg["pid"]), msg.get("code"), msg.get("signal"))
         finally:
@@ -497,6 +501,9 @@ class ForkServer:
                                socket=config.socket, error_file=config.error_file)
         self._by_pid[pid] = worker
         self.workers.add(worker)
+        if pid in self._early_ready:
+            self._early_ready.discard(pid)
+            worker._ready.set()
         early = self._early_exits.pop(pid, None)
         if early is not None:
             self._on_exit(pid, *early)
