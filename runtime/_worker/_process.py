@@ -354,7 +354,8 @@ class ForkServer:
 
     # --- template ------------------------------------------------------------------------
     async def _start_template(self, preload: Sequence[str]) -> None:
-        env = {**os.environ, "GRPC_ENABLE_FORK_SUPPORT": "false"}
+        env = {**os.environ, "GRPC_ENABLE_FORK_SUPPORT": "false",
+               "STOIC_WORKER": "1"}  # lets apps tell a function actor process apart
         try:
             process = await anyio.open_process(
                 [self.python, "-m", "runtime._worker", "template", str(os.getpid())],
@@ -531,7 +532,8 @@ class ForkServer:
     async def _spawn_fresh(self, config: WorkerConfig) -> WorkerProcess:
         process = await anyio.open_process(
             [self.python, "-m", "runtime._worker", "serve", config.to_json()],
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=None)
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=None,
+            env={**os.environ, "STOIC_WORKER": "1"})
         worker = self._register(process.pid, config)
 
         async def reap() -> None:
