@@ -1259,6 +1259,11 @@ class WorkerStreamClient:
                 await self._call.write(msg)
             except (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError):
                 return  # the stream is broken; the read loop reports why
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise
+                return  # grpc cancelled its own write: the stream is broken
 
     async def _read_loop(self) -> str:
         call = self._call
@@ -1273,6 +1278,13 @@ class WorkerStreamClient:
                     waiter.done.set()
         except grpc.aio.AioRpcError as exc:
             return f"worker {self.name} stream broke: {exc.code().name}: {exc.details()}"
+        except asyncio.CancelledError:
+            # grpc.aio may cancel its own internal read task when the stream breaks; that
+            # is a broken stream, not a cancellation of ours (then nobody cancels us)
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
+            return f"worker {self.name} stream broke (cancelled by grpc)"
 
     def _fail_all(self, reason: str) -> None:
         if self._broken is None:
