@@ -34,12 +34,13 @@ class Context:
     - `logger`: a `logging.Logger` (child of `stoic.function.<name>`) whose records carry
       `invocation_id`, `attempt`, `function`, `node_id` and `zone` attributes.
     - `state`: the function's key-value namespace in the store (None until the store
-      issue wires it); `trace_context`: the W3C trace headers of the invocation.
+      issue wires it); `trace_context`: the W3C trace headers of the invocation;
+      `tracer`: an OpenTelemetry tracer for the handler's own child spans.
     """
 
     __slots__ = (
         "invocation_id", "attempt", "function", "node_id", "zone", "instance_id",
-        "deadline", "state", "trace_context", "_clock", "_logger",
+        "deadline", "state", "trace_context", "_clock", "_logger", "_tracer",
     )
 
     def __init__(
@@ -55,8 +56,10 @@ class Context:
         state: Any = None,
         trace_context: Mapping[str, str] | None = None,
         clock: Callable[[], float] = time.time,
+        tracer: Any = None,
     ) -> None:
         self.invocation_id = invocation_id
+        self._tracer = tracer
         self.attempt = attempt
         self.function = function
         self.node_id = node_id
@@ -67,6 +70,16 @@ class Context:
         self.trace_context: dict[str, str] = dict(trace_context or {})
         self._clock = clock
         self._logger: logging.Logger | None = None
+
+    @property
+    def tracer(self) -> Any:
+        """An OpenTelemetry tracer: `with ctx.tracer.start_as_current_span("step"):` makes
+        a child span of the handler's span (a no-op tracer when tracing is off)."""
+        if self._tracer is None:
+            from opentelemetry import trace
+
+            return trace.NoOpTracer()
+        return self._tracer
 
     def remaining_time(self) -> float:
         """Seconds until the deadline (0.0 once passed; `math.inf` if there is none)."""

@@ -100,7 +100,7 @@ class SQLiteStore:
             results: list[tuple[Any, Any, bool]] = []
             try:
                 conn.execute("BEGIN IMMEDIATE")
-                for fn, fut, loop in batch:
+                for fn, fut, _loop in batch:
                     conn.execute("SAVEPOINT op")
                     try:
                         res = fn(conn)
@@ -306,10 +306,14 @@ def _resolve(fut: asyncio.Future[Any], res: Any, ok: bool) -> None:
         fut.set_exception(res)
 
 
+def _make_parent_dir(path: str) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+
+
 @contextlib.asynccontextmanager
 async def open_sqlite(path: str) -> AsyncIterator[SQLiteStore]:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    store = SQLiteStore(path)
+    await asyncio.to_thread(_make_parent_dir, path)
+    store = await asyncio.to_thread(SQLiteStore, path)
     try:
         yield store
     finally:

@@ -25,11 +25,14 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from runtime import (
+    ATTR_FUNCTION,
+    ATTR_INVOCATION_ID,
     InstanceCrashed,
     InvocationNotFound,
     InvocationTimeout,
     StoicError,
     VersionConflict,
+    inject,
     wire,
 )
 
@@ -110,6 +113,15 @@ class AsyncInvocations:
         """Make the invocation durable (record + queue item) and return its id. With an
         idempotency key, a repeated submit returns the first submit's id."""
         invocation_id = uuid.uuid4().hex
+        with self.node.tracing.start_span(
+                "stoic.queue.enqueue",
+                attributes={ATTR_FUNCTION: spec.name, ATTR_INVOCATION_ID: invocation_id}) as span:
+            invocation_id = await self._submit(spec, request, invocation_id)
+            span.set_attribute(ATTR_INVOCATION_ID, invocation_id)
+        return invocation_id
+
+    async def _submit(self, spec: wire.FunctionSpec, request: wire.InvokeRequest,
+                      invocation_id: str) -> str:
         if request.idempotency_key:
             idem_key = f"{IDEM_PREFIX}{spec.name}/{request.idempotency_key}"
             try:
@@ -126,6 +138,7 @@ class AsyncInvocations:
             "payload": base64.b64encode(request.payload).decode(),
             "content_type": request.content_type or wire.JSON,
             "submitted_at": time.time(), "attempts": [], "error": None, "result": "",
+            "trace": inject(),
         }
         try:
             await self.store.put(INV_PREFIX + invocation_id, json.dumps(rec).encode(),
@@ -219,6 +232,15 @@ class AsyncInvocations:
     async def _process(self, item: Any) -> None:
         invocation_id = item.payload.decode()
         loaded = await self._load(invocation_id)
+        parent = (loaded[0].get("trace") or None) if loaded else None
+        with self.node.tracing.start_span(
+                "stoic.async.run", parent=parent,
+                attributes={ATTR_INVOCATION_ID: invocation_id,
+                            "stoic.queue.delivery": int(item.attempts)}):
+            await self._process_loaded(item, invocation_id, loaded)
+
+    async def _process_loaded(self, item: Any, invocation_id: str,
+                              loaded: tuple[dict[str, Any], int] | None) -> None:
         if loaded is None:
             log.warning("queue item for unknown invocation %s; acking", invocation_id)
             await self.store.ack(QUEUE, item)

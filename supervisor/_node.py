@@ -448,7 +448,10 @@ class Node:
             spec = self.functions.get(request.function)
         if spec is None:
             raise FunctionNotFound(f"function {request.function!r} is not deployed")
-        invocation_id: str = await self.async_invocations.submit(spec, request)
+        with self.tracing.start_span("stoic.node.receive", parent=call.metadata,
+                                     kind=SpanKind.SERVER,
+                                     attributes={ATTR_FUNCTION: spec.name, "stoic.async": True}):
+            invocation_id: str = await self.async_invocations.submit(spec, request)
         return invocation_id
 
     async def get_invocation(self, invocation_id: str, call: wire.CallInfo) -> wire.InvocationInfo:

@@ -132,7 +132,9 @@ class Executor:
     """Runs attempts of one handler: async handlers on the event loop, sync handlers in
     worker threads; at most `concurrency` at a time either way."""
 
-    def __init__(self, config: WorkerConfig, handler: Callable[..., Any]) -> None:
+    def __init__(self, config: WorkerConfig, handler: Callable[..., Any],
+                 tracing: Any = None) -> None:
+        self._tracing = tracing
         self._config = config
         self._handler = handler
         self._is_async = inspect.iscoroutinefunction(handler)
@@ -156,7 +158,27 @@ class Executor:
             function=cfg.spec.name, node_id=cfg.node_id, zone=cfg.zone,
             instance_id=cfg.instance_id, deadline=request.deadline,
             trace_context=request.trace_context,
+            tracer=self._tracing.tracer if self._tracing is not None else None,
         )
+        if self._tracing is None:
+            return await self._run(event, ctx)
+        from opentelemetry.trace import SpanKind
+
+        from runtime._tracing import ATTR_ATTEMPT, ATTR_FUNCTION, ATTR_INVOCATION_ID
+
+        attrs = {ATTR_FUNCTION: cfg.spec.name, ATTR_INVOCATION_ID: request.invocation_id,
+                 ATTR_ATTEMPT: request.attempt, "process.pid": os.getpid()}
+        with self._tracing.start_span("stoic.worker.execute", parent=request.trace_context,
+                                      kind=SpanKind.SERVER, attributes=attrs):
+            with self._tracing.start_span("stoic.handler", attributes=attrs) as span:
+                result = await self._run(event, ctx)
+                if result.error is not None:
+                    from opentelemetry.trace import Status, StatusCode
+
+                    span.set_status(Status(StatusCode.ERROR, result.error.type))
+                return result
+
+    async def _run(self, event: Any, ctx: Context) -> wire.ExecuteResult:
         self.in_flight += 1
         self.idle = anyio.Event() if self.in_flight == 1 else self.idle
         try:
@@ -181,7 +203,11 @@ class Executor:
 async def _serve(config: WorkerConfig, handler: Callable[..., Any], ready_fd: int) -> None:
     import grpc.aio  # only here: no gRPC object exists before the fork
 
-    executor = Executor(config, handler)
+    from runtime._tracing import Tracing
+
+    # Created after the fork: the exporter's thread (when an OTLP endpoint is set) is ours.
+    tracing = Tracing.from_env(node_id=config.node_id, zone=config.zone, role="worker")
+    executor = Executor(config, handler, tracing)
     server = grpc.aio.server(options=wire.channel_options())
     wire.add_worker_service(server, executor)
     try:
@@ -206,6 +232,7 @@ async def _serve(config: WorkerConfig, handler: Callable[..., Any], ready_fd: in
     logging.getLogger("grpc._cython.cygrpc").setLevel(logging.CRITICAL)
     with anyio.move_on_after(FLUSH_GRACE + 0.5):
         await server.stop(FLUSH_GRACE)
+    await anyio.to_thread.run_sync(tracing.shutdown, 1.0)
     _exit_now(0)
 
 
