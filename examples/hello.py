@@ -19,8 +19,9 @@ def hello(event: Any, ctx: Context) -> dict[str, str]:
     return {"greeting": f"hello {name}"}
 
 
-@function(timeout=5.0, concurrency=4)
-def echo(event: Any, ctx: Context) -> Any:
+# async: runs on the instance's event loop, no thread hop; many in flight per instance
+@function(timeout=5.0, concurrency=64)
+async def echo(event: Any, ctx: Context) -> Any:
     """Returns the event unchanged (raw bytes come back as bytes)."""
     return event
 
