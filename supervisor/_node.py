@@ -578,6 +578,9 @@ async def _serve_until_signalled(config: NodeConfig) -> None:
     from runtime import ForkServer, open_store
 
     socket_dir = tempfile.mkdtemp(prefix=f"stoic-{config.node_id}-")
+    # function actor processes (forked from the template, which inherits this) open the
+    # same store for ctx.state
+    os.environ["STOIC_STORE_URL"] = config.store_url
     async with open_store(config.store_url) as store:
         async with ForkServer.open(socket_dir) as forks:
 

@@ -134,7 +134,10 @@ class Executor:
 
     def __init__(self, config: WorkerConfig, handler: Callable[..., Any],
                  tracing: Any = None) -> None:
+        from runtime._state import FunctionState
+
         self._tracing = tracing
+        self._state = FunctionState(os.environ.get("STOIC_STORE_URL", ""), config.spec.name)
         self._config = config
         self._handler = handler
         self._is_async = inspect.iscoroutinefunction(handler)
@@ -159,6 +162,7 @@ class Executor:
             instance_id=cfg.instance_id, deadline=request.deadline,
             trace_context=request.trace_context,
             tracer=self._tracing.tracer if self._tracing is not None else None,
+            state=self._state,
         )
         if self._tracing is None:
             return await self._run(event, ctx)
