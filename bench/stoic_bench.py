@@ -5,7 +5,8 @@
     stoic bench cold-start  deploy a new function -> its first answer
     stoic bench failover    SIGKILL a node under load: detection time, added p99, failures
     stoic bench async       durable submit throughput and submit -> done latency
-    stoic bench all         all of the above
+    stoic bench chaos       (or --chaos) mixed load while killing/pausing instances and nodes
+    stoic bench all         all of the above but chaos
 
 Every subcommand starts the cluster it needs (under a temporary state dir, on free ports),
 prints a table, optionally writes JSON (`--json PATH`), and stops everything it started.
@@ -282,9 +283,128 @@ def bench_async(args: argparse.Namespace) -> dict[str, Any]:
     return results
 
 
+# --- chaos -----------------------------------------------------------------------------------
+def bench_chaos(args: argparse.Namespace) -> dict[str, Any]:
+    """Mixed sync and async load for `--seconds` while killing and pausing random instances
+    and nodes; then every invocation is accounted for."""
+    import random
+
+    from runtime import Client, StoicError
+    from runtime.wire import InvocationState
+
+    rng = random.Random(args.seed)
+    sync_ok = 0
+    sync_failed: list[str] = []
+    async_ids: list[str] = []
+    lock = threading.Lock()
+    events: list[str] = []
+    with cluster() as c:
+        stop = threading.Event()
+
+        def sync_load(k: int) -> None:
+            nonlocal sync_ok
+            with Client(c.addresses[k % 3:] + c.addresses[:k % 3]) as cl:
+                for i in range(1_000_000):
+                    if stop.is_set():
+                        return
+                    try:
+                        cl.invoke("echo", i, idempotency_key=f"s{k}-{i}", timeout=15)
+                        with lock:
+                            sync_ok += 1
+                    except StoicError as exc:
+                        with lock:
+                            sync_failed.append(f"{type(exc).__name__}: {str(exc)[:80]}")
+
+        def async_load(k: int) -> None:
+            with Client(c.addresses[k % 3:] + c.addresses[:k % 3]) as cl:
+                for i in range(1_000_000):
+                    if stop.is_set():
+                        return
+                    try:
+                        inv = cl.invoke_async("echo", i, idempotency_key=f"a{k}-{i}", timeout=15)
+                        with lock:
+                            async_ids.append(inv)
+                    except StoicError as exc:  # not acknowledged: not counted as submitted
+                        with lock:
+                            events.append(f"submit refused: {type(exc).__name__}")
+
+        def chaos() -> None:
+            with Client(c.addresses) as cl:
+                while not stop.wait(args.chaos_interval):
+                    action = rng.choice(["kill-instance", "pause-node", "kill-node"])
+                    try:
+                        if action == "kill-instance":
+                            pids = [i.pid for n in cl.status(timeout=3).nodes for p in n.pools
+                                    for i in p.instances]
+                            if pids:
+                                os.kill(rng.choice(pids), signal.SIGKILL)
+                        elif action == "pause-node":
+                            n = rng.choice(c.nodes)
+                            if n.alive() and n.pid:
+                                os.kill(n.pid, signal.SIGSTOP)
+                                time.sleep(rng.uniform(0.5, 2.0))  # the pause itself
+                                os.kill(n.pid, signal.SIGCONT)
+                        else:
+                            n = rng.choice(c.nodes)
+                            if n.alive() and n.proc is not None:
+                                n.proc.kill()
+                                n.proc.wait(timeout=10)
+                                c.restart_node(n.node_id)
+                        events.append(action)
+                        _say(f"chaos: {action}")
+                    except (StoicError, OSError, RuntimeError) as exc:
+                        events.append(f"{action} failed: {exc}")
+
+        threads = ([threading.Thread(target=sync_load, args=(k,)) for k in range(3)]
+                   + [threading.Thread(target=async_load, args=(k,)) for k in range(3)]
+                   + [threading.Thread(target=chaos)])
+        for t in threads:
+            t.start()
+        time.sleep(args.seconds)  # the bounded load window
+        stop.set()
+        for t in threads:
+            t.join(timeout=60)
+        _say(f"waiting for {len(async_ids)} async invocations to finish")
+        states: dict[str, str] = {}
+        multi = 0
+        with Client(c.addresses) as cl:
+            pending = set(async_ids)
+            deadline = time.monotonic() + 120
+            while pending and time.monotonic() < deadline:
+                for inv in list(pending)[:200]:
+                    try:
+                        info = cl.get_invocation(inv, timeout=5)
+                    except StoicError:
+                        continue
+                    if info.state in (InvocationState.SUCCEEDED, InvocationState.FAILED,
+                                      InvocationState.DEAD_LETTERED):
+                        states[inv] = info.state.name
+                        multi += len(info.attempts) > 1
+                        pending.discard(inv)
+                time.sleep(0.1)
+    reasons: dict[str, int] = {}
+    for r in sync_failed:
+        reasons[r.split(":")[0]] = reasons.get(r.split(":")[0], 0) + 1
+    out = {
+        "seconds": args.seconds, "chaos_actions": [e for e in events if "failed" not in e],
+        "sync": {"succeeded": sync_ok, "failed": len(sync_failed), "failure_reasons": reasons},
+        "async": {"acknowledged": len(async_ids),
+                  "succeeded": sum(1 for v in states.values() if v == "SUCCEEDED"),
+                  "failed": sum(1 for v in states.values() if v != "SUCCEEDED"),
+                  "lost": len(pending), "executed_more_than_once": multi},
+    }
+    print(f"chaos ({args.seconds:g} s, {len(out['chaos_actions'])} actions: "
+          f"{', '.join(sorted(set(out['chaos_actions'])))}):")
+    print(f"  sync : succeeded {sync_ok}, failed {len(sync_failed)} {reasons or ''}")
+    a = out["async"]
+    print(f"  async: acknowledged {a['acknowledged']}, succeeded {a['succeeded']}, failed "
+          f"{a['failed']}, lost {a['lost']}, executed more than once {a['executed_more_than_once']}")
+    return out
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "invoke": bench_invoke, "restart": bench_restart, "cold-start": bench_cold_start,
-    "failover": bench_failover, "async": bench_async,
+    "failover": bench_failover, "async": bench_async, "chaos": bench_chaos,
 }
 
 
@@ -299,8 +419,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=8.0)
     p.add_argument("--redis", default="", help="also run async against this Redis URL")
     p.add_argument("--json", default="", help="write the figures to this file")
+    p.add_argument("--chaos", action="store_true", help="same as `stoic bench chaos`")
+    p.add_argument("--chaos-interval", type=float, default=2.0)
+    p.add_argument("--seed", type=int, default=1)
     args = p.parse_args(list(argv) if argv is not None else None)
-    chosen = list(COMMANDS) if args.what == "all" else [args.what]
+    if args.chaos:
+        args.what = "chaos"
+    chosen = [c for c in COMMANDS if c != "chaos"] if args.what == "all" else [args.what]
     figures: dict[str, Any] = {}
     for name in chosen:
         print(f"== stoic bench {name}", flush=True)

@@ -1,0 +1,30 @@
+"""`stoic bench` runs end to end with tiny counts (figures are not checked: no timed tests)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("args", [
+    ["invoke", "--count", "30", "--concurrency", "4"],
+    ["restart", "--kills", "3"],
+    ["cold-start", "--count", "2"],
+    ["chaos", "--seconds", "4", "--chaos-interval", "1.5"],
+])
+def test_stoic_bench_smoke(args: list[str], tmp_path: Path) -> None:
+    out_json = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "supervisor.cli", "bench", *args, "--json", str(out_json)],
+        cwd=str(ROOT), capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    figures = json.loads(out_json.read_text())
+    assert args[0] in figures
+    if args[0] == "chaos":
+        assert figures["chaos"]["async"]["lost"] == 0
