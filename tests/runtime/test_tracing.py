@@ -210,7 +210,8 @@ def test_no_endpoint_means_no_exporter_thread_and_a_bounded_recorder() -> None:
             pass
     assert not tracing.exporting
     assert _otel_threads() == before == set()
-    assert {t.ident for t in threading.enumerate()} == threads_before
+    # no thread started (threads of earlier tests may end meanwhile)
+    assert {t.ident for t in threading.enumerate()} - threads_before == set()
     recorder = tracing.recorder
     assert len(recorder) == 100
     assert len(recorder._by_trace) == 100 and len(recorder._by_invocation) == 100
