@@ -317,6 +317,7 @@ class Node:
         last: StoicError | None = None
         attempt = first_attempt
         unreachable_budget = 8  # re-routes that never reached a node do not use attempts
+        settle = 8  # heartbeats to wait for membership when no node hosts the function
         while attempt < first_attempt + attempts:
             if deadline is not None and time.time() >= deadline:
                 raise InvocationTimeout(
@@ -343,8 +344,15 @@ class Node:
                                 span, "child_terminated", {ATTR_REASON: str(exc), **attrs})
                             raise
                     if not peers:
-                        if local is not None and not local.healthy:
+                        if local is not None and local.state == "failing":
                             raise local.unavailable_error()
+                        if settle > 0 and (deadline is None or time.time() < deadline):
+                            # placement may be moving (a node joined or left a moment ago):
+                            # give membership a heartbeat to catch up, same attempt
+                            settle -= 1
+                            span.add_event("waiting for membership")
+                            await anyio.sleep(self.config.membership.heartbeat)
+                            continue
                         raise last or Unavailable(
                             f"no healthy instance of {spec.name!r} in any zone")
                     return await self._forward(peers[0], request, invocation_id, attempt,
