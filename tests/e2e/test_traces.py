@@ -76,9 +76,13 @@ def test_sync_invocation_with_crash_and_retry_is_one_trace(cluster: Cluster, rec
             "stoic.worker.execute", "stoic.handler", "user.step"})
         trace_id = spans[0].trace_id
         # the entry node's receive span ends last (after the retry): wait for it too
-        receiver.wait_for(lambda got: any(
-            s.name == "stoic.node.receive" and s.node == entry.node_id and s.trace_id == trace_id
-            for s in got), timeout=20)
+        def complete(got: list[ReceivedSpan]) -> bool:
+            receives = [s for s in got
+                        if s.name == "stoic.node.receive" and s.trace_id == trace_id]
+            return (any(s.node == entry.node_id for s in receives)
+                    and sum(s.zone == zone for s in receives) == 2)
+
+        receiver.wait_for(complete, timeout=20)
         spans = [s for s in receiver.spans if s.trace_id == trace_id]
     finally:
         tracing.shutdown()
@@ -96,8 +100,9 @@ def test_sync_invocation_with_crash_and_retry_is_one_trace(cluster: Cluster, rec
     for r in remote:
         assert by_id[r.parent_id].name == "stoic.forward"
         assert by_id[r.parent_id].node == entry.node_id
-    attempts = sorted(int(s.attributes["stoic.attempt"]) for s in spans if s.name == "stoic.attempt")
-    assert attempts == [1, 2]
+    # (an attempt span may repeat when routing waited a heartbeat for membership)
+    attempts = {int(s.attributes["stoic.attempt"]) for s in spans if s.name == "stoic.attempt"}
+    assert attempts == {1, 2}
     # the worker (a third process) continues the trace under the hosting node
     execute = next(s for s in spans if s.name == "stoic.worker.execute")
     assert execute.resource.get("stoic.role") == "worker"
