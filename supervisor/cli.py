@@ -31,6 +31,7 @@ def _fail(message: str, code: int = 1) -> int:
 # --- node and cluster --------------------------------------------------------------
 def cmd_node(args: argparse.Namespace) -> int:
     from supervisor._node import NodeConfig, run_node
+    from supervisor._pool import PoolConfig
 
     config = NodeConfig(
         node_id=args.node_id or f"{args.zone}-{os.getpid()}",
@@ -41,6 +42,7 @@ def cmd_node(args: argparse.Namespace) -> int:
         state_dir=args.state_dir,
         die_with_parent=args.die_with_parent,
         advertise=args.advertise,
+        pool=PoolConfig(max_restarts=args.max_restarts, restart_period=args.restart_period),
     )
     return run_node(config)
 
@@ -287,6 +289,12 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_argument("--store", default="", help="store URL (default: SQLite under --state-dir)")
     node.add_argument("--state-dir", default=".stoic")
     node.add_argument("--die-with-parent", action="store_true", help=argparse.SUPPRESS)
+    node.add_argument("--max-restarts", type=int,
+                      default=int(os.environ.get("STOIC_MAX_RESTARTS", "5")),
+                      help="restart intensity of each function's instances: more than this "
+                           "many restarts within --restart-period opens its circuit")
+    node.add_argument("--restart-period", type=float,
+                      default=float(os.environ.get("STOIC_RESTART_PERIOD", "10")))
     node.set_defaults(func=cmd_node)
 
     up = sub.add_parser("up", help="start a local multi-zone cluster")
