@@ -5,6 +5,7 @@
     stoic bench cold-start  deploy a new function -> its first answer
     stoic bench failover    SIGKILL a node under load: detection time, added p99, failures
     stoic bench async       durable submit throughput and submit -> done latency
+    stoic bench tracing     warm invoke throughput: tracing off / local only / OTLP export
     stoic bench chaos       (or --chaos) mixed load while killing/pausing instances and nodes
     stoic bench all         all of the above but chaos
 
@@ -298,6 +299,40 @@ def bench_async(args: argparse.Namespace) -> dict[str, Any]:
     return results
 
 
+# --- tracing ----------------------------------------------------------------------------------
+def bench_tracing(args: argparse.Namespace) -> dict[str, Any]:
+    """Warm invoke throughput and p50 with tracing off, with the local recorder only (the
+    default), and exporting every span over OTLP/gRPC to a receiver."""
+    sys.path.insert(0, str(ROOT))
+    from tests.fixtures.otlp import OtlpReceiver
+
+    settings = LoadSettings(latency_count=args.count, throughput_count=args.count * 3,
+                            concurrency=args.concurrency, warmup=min(200, args.count))
+    results: dict[str, Any] = {}
+    with OtlpReceiver() as receiver:
+        modes = {
+            "off (OTEL_SDK_DISABLED)": {"OTEL_SDK_DISABLED": "true"},
+            "local recorder (default)": {},
+            "OTLP export": {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint},
+        }
+        for label, env in modes.items():
+            with cluster(zones=("a",), env=env) as c:
+                from runtime import Client
+
+                with Client(c.addresses) as warm:
+                    assert warm.invoke("echo", 1).value == 1
+                results[label] = measure_target(c.addresses[0], settings, progress=_say)
+        spans = len(receiver.spans)
+    print(format_table(results, title="stoic bench tracing"))
+    base = results["off (OTEL_SDK_DISABLED)"]["throughput"]["calls_per_s"]
+    for label, r in results.items():
+        tput = r["throughput"]["calls_per_s"]
+        print(f"throughput ratio ({label} / off): {tput / base:.2f}")
+    print(f"spans received over OTLP: {spans}")
+    results["spans_received"] = spans
+    return results
+
+
 # --- chaos -----------------------------------------------------------------------------------
 def bench_chaos(args: argparse.Namespace) -> dict[str, Any]:
     """Mixed sync and async load for `--seconds` while killing and pausing random instances
@@ -419,7 +454,8 @@ def bench_chaos(args: argparse.Namespace) -> dict[str, Any]:
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], dict[str, Any]]] = {
     "invoke": bench_invoke, "restart": bench_restart, "cold-start": bench_cold_start,
-    "failover": bench_failover, "async": bench_async, "chaos": bench_chaos,
+    "failover": bench_failover, "async": bench_async, "tracing": bench_tracing,
+    "chaos": bench_chaos,
 }
 
 

@@ -211,7 +211,9 @@ async def _serve(config: WorkerConfig, handler: Callable[..., Any], ready_fd: in
 
     # Created after the fork: the exporter's thread (when an OTLP endpoint is set) is ours.
     tracing = Tracing.from_env(node_id=config.node_id, zone=config.zone, role="worker")
-    executor = Executor(config, handler, tracing)
+    # Spans recorded only locally in a worker are never read (`stoic trace` asks the
+    # nodes), so without an exporter the worker creates none: tracing then costs nothing here.
+    executor = Executor(config, handler, tracing if tracing.exporting else None)
     server = grpc.aio.server(options=wire.channel_options())
     wire.add_worker_service(server, executor)
     try:
