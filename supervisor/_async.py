@@ -131,6 +131,10 @@ class AsyncInvocations:
                 if existing is not None:
                     invocation_id = existing.value.decode()
                     if await self._load(invocation_id) is not None:
+                        # The first submit may have died between writing the record and
+                        # enqueueing it: enqueue again (idempotent per invocation id).
+                        await self.store.enqueue(QUEUE, invocation_id.encode(),
+                                                 idempotency_key=invocation_id)
                         return invocation_id
                     # the first submit died before its record was written: finish it
         rec = {
