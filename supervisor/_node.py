@@ -36,6 +36,7 @@ from runtime import (
     InvalidInput,
     InvocationNotFound,
     InvocationTimeout,
+    Metrics,
     StoicError,
     Tracing,
     Unavailable,
@@ -68,6 +69,7 @@ class NodeConfig:
     state_dir: str = ".stoic"
     die_with_parent: bool = False
     advertise: str = ""  # HOST:PORT peers use to reach this node (default: listen)
+    prometheus: str = ""  # HOST:PORT of a Prometheus scrape endpoint (off when empty)
     membership: MembershipConfig = field(default_factory=MembershipConfig)
     pool: PoolConfig = field(default_factory=PoolConfig)
 
@@ -129,8 +131,10 @@ class Node:
     Invoker and Control services (through `runtime.wire`'s adapters)."""
 
     def __init__(self, config: NodeConfig, store: Any, spawner_factory: Any,
-                 tracing: Tracing | None = None) -> None:
+                 tracing: Tracing | None = None, metrics: Metrics | None = None) -> None:
         self.config = config
+        self.metrics = metrics or Metrics.from_env(
+            node_id=config.node_id, zone=config.zone, role="node", environ={})
         self.tracing = tracing or Tracing.from_env(
             node_id=config.node_id, zone=config.zone, role="node",
             environ={"OTEL_TRACES_EXPORTER": "none"})
@@ -260,9 +264,14 @@ class Node:
             spec=spec, spawner=self._spawner_factory(spec), config=self.config.pool,
             name=f"{self.config.node_id}/{spec.name}",
         )
+        pool.report_hooks.append(self._on_pool_report)
         self.pools[spec.name] = pool
         self._tg.start_soon(pool.run)
         log.info("pool started", extra={"function": spec.name, "node": self.config.node_id})
+
+    def _on_pool_report(self, function: str, report: Any) -> None:
+        if report.kind in ("child_terminated", "start_error"):
+            self.metrics.restart(function, self.config.zone)
 
     def _stop_pool(self, name: str) -> None:
         pool = self.pools.pop(name, None)
@@ -302,7 +311,19 @@ class Node:
             if call.metadata.get(HOP_HEADER):
                 attempt = int(call.metadata.get(ATTEMPT_HEADER, "1") or 1)
                 return await self._run_local(spec, request, invocation_id, attempt, call)
-            return await self.dispatch(spec, request, invocation_id, call.deadline)
+            started = time.perf_counter()
+            outcome = "ok"
+            try:
+                result = await self.dispatch(spec, request, invocation_id, call.deadline)
+                if result.error is not None:
+                    outcome = "error"
+                return result
+            except StoicError as exc:
+                outcome = type(exc).__name__
+                raise
+            finally:
+                self.metrics.invocation(spec.name, self.config.zone, outcome,
+                                        (time.perf_counter() - started) * 1000)
 
     async def dispatch(
         self, spec: wire.FunctionSpec, request: wire.InvokeRequest, invocation_id: str,
@@ -374,6 +395,7 @@ class Node:
                     excluded.add(node)
                 log.info("attempt %d of %s failed: %s; re-dispatching", attempt,
                          invocation_id, exc)
+                self.metrics.retry(spec.name, self.config.zone)
                 attempt += 1
                 continue
         if last is None:
@@ -601,7 +623,13 @@ async def _serve_until_signalled(config: NodeConfig) -> None:
                 return spawn
 
             tracing = Tracing.from_env(node_id=config.node_id, zone=config.zone, role="node")
-            node = Node(config, store, spawner_factory, tracing)
+            prometheus = None
+            if config.prometheus:
+                host, _, port = config.prometheus.rpartition(":")
+                prometheus = (host, int(port))
+            metrics = Metrics.from_env(node_id=config.node_id, zone=config.zone, role="node",
+                                       prometheus=prometheus)
+            node = Node(config, store, spawner_factory, tracing, metrics)
             from supervisor._async import AsyncInvocations
 
             node.async_invocations = AsyncInvocations(node)
@@ -613,6 +641,7 @@ async def _serve_until_signalled(config: NodeConfig) -> None:
                         break
                 tg.cancel_scope.cancel()
             await anyio.to_thread.run_sync(tracing.shutdown, 5.0)
+            await anyio.to_thread.run_sync(metrics.shutdown, 5.0)
 
 
 class TracedStore:

@@ -42,6 +42,7 @@ def cmd_node(args: argparse.Namespace) -> int:
         state_dir=args.state_dir,
         die_with_parent=args.die_with_parent,
         advertise=args.advertise,
+        prometheus=args.prometheus,
         pool=PoolConfig(max_restarts=args.max_restarts, restart_period=args.restart_period),
     )
     return run_node(config)
@@ -289,6 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_argument("--store", default="", help="store URL (default: SQLite under --state-dir)")
     node.add_argument("--state-dir", default=".stoic")
     node.add_argument("--die-with-parent", action="store_true", help=argparse.SUPPRESS)
+    node.add_argument("--prometheus", default="", metavar="HOST:PORT",
+                      help="serve metrics for Prometheus to scrape at http://HOST:PORT/metrics")
     node.add_argument("--max-restarts", type=int,
                       default=int(os.environ.get("STOIC_MAX_RESTARTS", "5")),
                       help="restart intensity of each function's instances: more than this "

@@ -227,3 +227,40 @@ def test_killing_the_node_leaves_no_function_actor(tmp_path: Path) -> None:
         os.kill(node_pid, signal.SIGKILL)
         assert wait_gone(below) == []
         assert not pid_alive(node_pid) or True
+
+
+def test_prometheus_endpoint_counts_invocations_and_restarts(tmp_path: Path) -> None:
+    import urllib.request
+
+    from tests.fixtures.cluster import free_port_block
+
+    port = free_port_block(2)
+    proc = subprocess.Popen(
+        [__import__("sys").executable, "-m", "supervisor.cli", "node", "--zone", "a",
+         "--node-id", "p1", "--listen", f"127.0.0.1:{port}",
+         "--prometheus", f"127.0.0.1:{port + 1}", "--state-dir", str(tmp_path / "s"),
+         str(ROOT / "examples" / "hello.py"), str(ROOT / "examples" / "faulty.py")],
+        cwd=str(ROOT), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        with Client(f"127.0.0.1:{port}") as c:
+            poll(lambda: _ready(c), timeout=30, what="node ready")
+            c.invoke("hello", {"name": "metrics"})
+            with pytest.raises(FunctionError):
+                c.invoke("boom")
+            with pytest.raises(InstanceCrashed):
+                c.invoke("crash")
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port + 1}/metrics", timeout=5).read().decode()
+        for name in ("stoic_invocations", "stoic_errors", "stoic_restarts", "stoic_retries",
+                     "stoic_invocation_duration"):
+            assert name in text, f"{name} missing from the scrape"
+        assert 'function="hello"' in text and 'zone="a"' in text
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+def _ready(c: Client) -> bool:
+    try:
+        return c.invoke("echo", 1).value == 1
+    except Exception:
+        return False
