@@ -341,21 +341,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     dlq = with_target(sub.add_parser("dlq", help="dead letters"))
     dlq_sub = dlq.add_subparsers(dest="dlq_cmd", required=True)
-    dl = dlq_sub.add_parser("list")
+    def sub_target(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        # --target also accepted after the sub-subcommand (`stoic dlq list --target ...`)
+        sp.add_argument("--target", default=argparse.SUPPRESS, help="node address(es)")
+        return sp
+
+    dl = sub_target(dlq_sub.add_parser("list"))
     dl.add_argument("--limit", type=int, default=100)
-    dr = dlq_sub.add_parser("redrive")
+    dr = sub_target(dlq_sub.add_parser("redrive"))
     dr.add_argument("ids", nargs="*")
     dr.add_argument("--all", action="store_true")
     dlq.set_defaults(func=cmd_dlq)
 
     chaos = with_target(sub.add_parser("chaos", help="break things on purpose"))
     chaos_sub = chaos.add_subparsers(dest="chaos_cmd", required=True)
-    kn = chaos_sub.add_parser("kill-node")
+    kn = sub_target(chaos_sub.add_parser("kill-node"))
     kn.add_argument("node_id")
-    pn = chaos_sub.add_parser("pause-node")
+    pn = sub_target(chaos_sub.add_parser("pause-node"))
     pn.add_argument("node_id")
     pn.add_argument("--for", dest="for_", type=float, default=3.0)
-    ki = chaos_sub.add_parser("kill-instance")
+    ki = sub_target(chaos_sub.add_parser("kill-instance"))
     ki.add_argument("function")
     chaos.set_defaults(func=cmd_chaos)
 

@@ -264,3 +264,12 @@ def _ready(c: Client) -> bool:
         return c.invoke("echo", 1).value == 1
     except Exception:
         return False
+
+
+def test_cli_chaos_kill_instance_is_absorbed(node: Cluster, client: Client) -> None:
+    old = poll(lambda: pids_of(client, "whoami"), what="a whoami instance")
+    out = stoic_cli("chaos", "kill-instance", "whoami", "--target", node.addresses[0])
+    assert out.returncode == 0, out.stderr
+    assert f"pid {old[0]}" in out.stdout
+    assert wait_gone([old[0]]) == []
+    assert client.invoke("whoami").value["pid"] != old[0]
