@@ -127,3 +127,32 @@ def test_chaos_async_none_lost(tmp_path: Path) -> None:
                   f"failed={failed} lost={lost} executed_more_than_once={multi}")
             assert lost == 0
             assert failed == 0
+
+
+def test_destinations_receive_the_outcome(cluster: Cluster, client: Client) -> None:
+    import json
+
+    import anyio
+
+    from runtime import open_store
+
+    ok = client.invoke_async("with_destinations", {"x": 21})
+    bad = client.invoke_async("with_destinations", {"fail": True})
+    assert client.wait_invocation(ok, timeout=60).state == InvocationState.SUCCEEDED
+    assert client.wait_invocation(bad, timeout=60).state == InvocationState.DEAD_LETTERED
+
+    async def delivered(inv: str) -> dict | None:  # type: ignore[type-arg]
+        async with open_store(cluster.config.effective_store_url()) as store:
+            v = await store.get(f"state/sink/{inv}")
+            return json.loads(v.value) if v else None
+
+    deadline = time.monotonic() + 30
+    got: dict = {}  # type: ignore[type-arg]
+    while time.monotonic() < deadline and len(got) < 2:
+        for inv in (ok, bad):
+            if inv not in got and (d := anyio.run(delivered, inv)) is not None:
+                got[inv] = d
+        time.sleep(0.1)
+    assert got[ok]["state"] == "SUCCEEDED" and got[ok]["function"] == "with_destinations"
+    assert got[bad]["state"] == "DEAD_LETTERED"
+    assert got[bad]["error"]["type"] == "ValueError"

@@ -11,3 +11,18 @@ def boom_fast(event, ctx):  # type: ignore[no-untyped-def]
 @function()
 def count_runs(event, ctx):  # type: ignore[no-untyped-def]
     return {"attempt": ctx.attempt}
+
+
+@function(on_success="sink", on_failure="sink", max_attempts=1)
+def with_destinations(event, ctx):  # type: ignore[no-untyped-def]
+    if event.get("fail"):
+        raise ValueError("asked to fail")
+    return {"doubled": event["x"] * 2}
+
+
+@function()
+def sink(event, ctx):  # type: ignore[no-untyped-def]
+    import json
+
+    ctx.state.put(event["invocation_id"], json.dumps(event).encode())
+    return {"stored": event["invocation_id"]}
