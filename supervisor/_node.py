@@ -9,6 +9,8 @@ one answer (at-least-once execution, one invocation id, attempt numbers counting
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import ctypes
 import json
 import logging
@@ -41,6 +43,7 @@ from runtime import (
     Tracing,
     Unavailable,
     Unreachable,
+    VersionConflict,
     inject,
     wire,
 )
@@ -70,6 +73,7 @@ class NodeConfig:
     die_with_parent: bool = False
     advertise: str = ""  # HOST:PORT peers use to reach this node (default: listen)
     prometheus: str = ""  # HOST:PORT of a Prometheus scrape endpoint (off when empty)
+    idempotency_window: float = 3600.0  # seconds a sync idempotency key keeps its result
     membership: MembershipConfig = field(default_factory=MembershipConfig)
     pool: PoolConfig = field(default_factory=PoolConfig)
 
@@ -103,6 +107,29 @@ def spec_from_json(raw: bytes) -> wire.FunctionSpec:
     policy = data.pop("async_retry", {}) or {}
     policy["retry_on"] = tuple(policy.get("retry_on", ()))
     return wire.FunctionSpec(**data, async_retry=wire.RetryPolicy(**policy))
+
+
+IDEM_SYNC_PREFIX = "idem-sync/"
+
+
+def _result_to_record(result: wire.InvokeResult, expires_at: float) -> dict[str, Any]:
+    return {
+        "state": "done", "invocation_id": result.invocation_id,
+        "payload": base64.b64encode(result.payload).decode(),
+        "content_type": result.content_type, "attempts": result.attempts,
+        "placement": asdict(result.placement),
+        "error": asdict(result.error) if result.error is not None else None,
+        "expires_at": expires_at,
+    }
+
+
+def _result_from_record(rec: dict[str, Any]) -> wire.InvokeResult:
+    err = rec.get("error")
+    return wire.InvokeResult(
+        invocation_id=rec["invocation_id"], payload=base64.b64decode(rec["payload"]),
+        content_type=rec["content_type"], attempts=int(rec["attempts"]),
+        placement=wire.Placement(**rec["placement"]),
+        error=wire.FunctionErrorInfo(**err) if err else None)
 
 
 def load_function_specs(apps: Sequence[str]) -> list[wire.FunctionSpec]:
@@ -314,7 +341,10 @@ class Node:
             started = time.perf_counter()
             outcome = "ok"
             try:
-                result = await self.dispatch(spec, request, invocation_id, call.deadline)
+                if request.idempotency_key:
+                    result = await self._invoke_idempotent(spec, request, call.deadline)
+                else:
+                    result = await self.dispatch(spec, request, invocation_id, call.deadline)
                 if result.error is not None:
                     outcome = "error"
                 return result
@@ -324,6 +354,58 @@ class Node:
             finally:
                 self.metrics.invocation(spec.name, self.config.zone, outcome,
                                         (time.perf_counter() - started) * 1000)
+
+    async def _invoke_idempotent(
+        self, spec: wire.FunctionSpec, request: wire.InvokeRequest, deadline: float | None,
+    ) -> wire.InvokeResult:
+        """A sync invocation with an idempotency key: the first call runs it and records
+        the result for `idempotency_window` seconds; a repeat gets the same invocation id
+        and result (waiting while the first is still running). A call whose node died
+        mid-run is taken over after the function's worst-case run time."""
+        key = f"{IDEM_SYNC_PREFIX}{spec.name}/{request.idempotency_key}"
+        stale_after = float(spec.timeout) * (spec.retries + 1) + 5.0
+        claimed: tuple[str, int] | None = None
+        for _ in range(100_000):  # bounded by the deadline below as well
+            now = time.time()
+            if deadline is not None and now >= deadline:
+                raise InvocationTimeout(
+                    f"{spec.name}: a call with idempotency key {request.idempotency_key!r} "
+                    "is still running")
+            current = await self.store.get(key)
+            rec = json.loads(current.value) if current is not None else None
+            if rec is not None and rec["expires_at"] > now:
+                if rec["state"] == "done":
+                    return _result_from_record(rec)
+                owner_alive = rec.get("node") in {
+                    m.node_id for m in self.membership.live_members()}
+                if owner_alive and now - rec["started_at"] < stale_after:
+                    await anyio.sleep(0.02)  # poll interval while the first call runs
+                    continue
+                # its node died (or it ran far too long): take the call over
+            invocation_id = rec["invocation_id"] if rec is not None else uuid.uuid4().hex
+            pending = {"state": "pending", "invocation_id": invocation_id,
+                       "node": self.config.node_id, "started_at": now, "expires_at": now + self.config.idempotency_window}
+            try:
+                version = await self.store.put(
+                    key, json.dumps(pending).encode(),
+                    expected_version=current.version if current is not None else 0)
+            except VersionConflict:
+                continue
+            claimed = (invocation_id, version)
+            break
+        if claimed is None:
+            raise Unavailable(f"{spec.name}: could not claim idempotency key")
+        invocation_id, version = claimed
+        try:
+            result = await self.dispatch(spec, request, invocation_id, deadline)
+        except BaseException:
+            # let a retry with the same key run it again
+            with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+                await self.store.delete(key, expected_version=version)
+            raise
+        done = _result_to_record(result, time.time() + self.config.idempotency_window)
+        await self.store.put(key, json.dumps(done).encode())
+        return result
 
     async def dispatch(
         self, spec: wire.FunctionSpec, request: wire.InvokeRequest, invocation_id: str,

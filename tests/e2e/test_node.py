@@ -273,3 +273,24 @@ def test_cli_chaos_kill_instance_is_absorbed(node: Cluster, client: Client) -> N
     assert f"pid {old[0]}" in out.stdout
     assert wait_gone([old[0]]) == []
     assert client.invoke("whoami").value["pid"] != old[0]
+
+
+def test_sync_idempotency_key_returns_the_same_invocation_and_result(client: Client) -> None:
+    import threading
+
+    key = f"sync-{time.time_ns()}"
+    results = []
+
+    def call() -> None:
+        results.append(client.invoke("whoami", idempotency_key=key))
+
+    threads = [threading.Thread(target=call) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert len(results) == 4
+    assert len({r.invocation_id for r in results}) == 1
+    assert len({r.value["invocation_id"] for r in results}) == 1  # it ran once
+    other = client.invoke("whoami", idempotency_key=key + "-other")
+    assert other.invocation_id != results[0].invocation_id
