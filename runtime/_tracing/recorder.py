@@ -279,6 +279,9 @@ def _event_line(event: EventRecord) -> str:
     reason = event.attributes.get(ATTR_REASON)
     if reason is not None:
         detail = str(reason)
+    elif event.name == "exception":  # the type and message; the stack trace is noise here
+        kind = str(event.attributes.get("exception.type", "")).rsplit(".", 1)[-1]
+        detail = f"{kind}: {event.attributes.get('exception.message', '')}"
     else:
         detail = ", ".join(f"{k}={v}" for k, v in event.attributes.items()
                            if k != ATTR_INVOCATION_ID)
