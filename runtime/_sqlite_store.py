@@ -319,11 +319,3 @@ async def open_sqlite(path: str) -> AsyncIterator[SQLiteStore]:
     finally:
         await store.close()
 
-
-@contextlib.asynccontextmanager
-async def open_store(url: str) -> AsyncIterator[Any]:
-    """Interim: `sqlite:///path.db` only."""
-    if not url.startswith("sqlite:///"):
-        raise ValueError(f"unsupported store URL {url!r} (interim store: sqlite:/// only)")
-    async with open_sqlite(url[len("sqlite://"):]) as store:
-        yield store

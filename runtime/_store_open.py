@@ -1,0 +1,54 @@
+"""`open_store(url)`: the store backend chosen by URL.
+
+- `sqlite:///path/to/store.db`: the embedded default (one file, WAL, group commits);
+- `redis://host:port/db`: Redis (atomic operations as Lua scripts).
+
+A malformed or unknown URL raises `InvalidStoreURL` at once; an unreachable server raises
+`StoreUnavailable` naming the URL without its password.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import urlsplit
+
+
+class InvalidStoreURL(ValueError):
+    """The store URL is malformed or names an unknown backend (your configuration)."""
+
+
+class StoreUnavailable(ConnectionError):
+    """The store's server cannot be reached; the message names the URL (no password)."""
+
+
+@contextlib.asynccontextmanager
+async def open_store(url: str) -> AsyncIterator[Any]:
+    """Open the store at `url` for the duration of the context."""
+    from runtime._redis_store import open_redis, redact
+    from runtime._sqlite_store import open_sqlite
+
+    parts = urlsplit(url)
+    if parts.scheme == "sqlite":
+        path = url[len("sqlite://"):]
+        if not path.startswith("/") or path == "/":
+            raise InvalidStoreURL(f"sqlite URL must be sqlite:///absolute/path.db, got {url!r}")
+        async with open_sqlite(path) as store:
+            yield store
+        return
+    if parts.scheme in ("redis", "rediss"):
+        if not parts.hostname:
+            raise InvalidStoreURL(f"redis URL must be redis://host:port/db, got {redact(url)!r}")
+        try:
+            cm = open_redis(url)
+            redis_store = await cm.__aenter__()
+        except ConnectionError as exc:
+            raise StoreUnavailable(str(exc)) from exc
+        try:
+            yield redis_store
+        finally:
+            await cm.__aexit__(None, None, None)
+        return
+    raise InvalidStoreURL(
+        f"unknown store URL {redact(url)!r}: expected sqlite:///path.db or redis://host:port/db")
