@@ -14,14 +14,18 @@ from runtime import Client, FunctionNotFound
 from runtime.wire import InvocationState
 from supervisor._launcher import Cluster
 from tests.fixtures.cluster import ROOT, running_cluster
+from tests.fixtures.redis_server import redis_url  # noqa: F401 - fixture
 
 APPS = (str(ROOT / "examples" / "hello.py"), str(ROOT / "examples" / "faulty.py"),
         str(ROOT / "tests" / "e2e" / "apps" / "async_app.py"))
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    with running_cluster(tmp_path_factory.mktemp("async"), zones=("a", "b"), apps=APPS) as c:
+@pytest.fixture(scope="module", params=["sqlite", "redis"])
+def cluster(request: pytest.FixtureRequest,
+            tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    url = request.getfixturevalue("redis_url") if request.param == "redis" else ""
+    with running_cluster(tmp_path_factory.mktemp("async"), zones=("a", "b"), apps=APPS,
+                         store_url=url) as c:
         yield c
 
 
