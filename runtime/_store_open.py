@@ -1,7 +1,8 @@
 """`open_store(url)`: the store backend chosen by URL.
 
 - `sqlite:///path/to/store.db`: the embedded default (one file, WAL, group commits);
-- `redis://host:port/db`: Redis (atomic operations as Lua scripts).
+- `redis://host:port/db`: Redis (atomic operations as Lua scripts);
+- `postgresql://user:password@host:port/db`: PostgreSQL (queue leased with SKIP LOCKED).
 
 A malformed or unknown URL raises `InvalidStoreURL` at once; an unreachable server raises
 `StoreUnavailable` naming the URL without its password.
@@ -50,5 +51,22 @@ async def open_store(url: str) -> AsyncIterator[Any]:
         finally:
             await cm.__aexit__(None, None, None)
         return
+    if parts.scheme in ("postgresql", "postgres"):
+        from runtime._postgres_store import open_postgres
+
+        if not parts.hostname:
+            raise InvalidStoreURL(
+                f"postgresql URL must be postgresql://user@host:port/db, got {redact(url)!r}")
+        try:
+            pg_cm = open_postgres(url)
+            pg_store = await pg_cm.__aenter__()
+        except ConnectionError as exc:
+            raise StoreUnavailable(str(exc)) from exc
+        try:
+            yield pg_store
+        finally:
+            await pg_cm.__aexit__(None, None, None)
+        return
     raise InvalidStoreURL(
-        f"unknown store URL {redact(url)!r}: expected sqlite:///path.db or redis://host:port/db")
+        f"unknown store URL {redact(url)!r}: expected sqlite:///path.db, redis://host:port/db or "
+        "postgresql://user@host:port/db")

@@ -15,17 +15,20 @@ import anyio
 import pytest
 
 from runtime import InvalidStoreURL, LeaseLost, StoreUnavailable, VersionConflict, open_store
+from tests.fixtures.postgres_server import postgres_url  # noqa: F401 - fixture
 from tests.fixtures.redis_server import redis_url  # noqa: F401 - fixture
 
 ROOT = Path(__file__).resolve().parents[3]
 
 
-@pytest.fixture(params=["sqlite", "redis"])
+@pytest.fixture(params=["sqlite", "redis", "postgresql"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Any]:
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'store.db'}"
-    else:
+    elif request.param == "redis":
         url = request.getfixturevalue("redis_url")
+    else:
+        url = request.getfixturevalue("postgres_url")
     async with open_store(url) as s:
         s.test_prefix = f"t{uuid.uuid4().hex[:8]}/"  # isolates tests sharing a redis server
         yield s
@@ -162,6 +165,10 @@ async def test_malformed_and_unreachable_urls() -> None:
         async with open_store("redis://user:s3cret@127.0.0.1:1/0"):
             pass
     assert "s3cret" not in str(info.value) and "127.0.0.1:1" in str(info.value)
+    with pytest.raises(StoreUnavailable) as info:
+        async with open_store("postgresql://user:s3cret@127.0.0.1:1/db"):
+            pass
+    assert "s3cret" not in str(info.value)
 
 
 _CONSUMER = r'''
