@@ -1,5 +1,6 @@
 """`open_store(url)`: the store backend chosen by URL.
 
+- `memory://`: one process only, for unit tests;
 - `sqlite:///path/to/store.db`: the embedded default (one file, WAL, group commits);
 - `redis://host:port/db`: Redis (atomic operations as Lua scripts);
 - `postgresql://user:password@host:port/db`: PostgreSQL (queue leased with SKIP LOCKED).
@@ -31,6 +32,11 @@ async def open_store(url: str) -> AsyncIterator[Any]:
     from runtime._sqlite_store import open_sqlite
 
     parts = urlsplit(url)
+    if parts.scheme == "memory":
+        from runtime._memory_store import MemoryStore
+
+        yield MemoryStore()
+        return
     if parts.scheme == "sqlite":
         path = url[len("sqlite://"):]
         if not path.startswith("/") or path == "/":
@@ -68,5 +74,5 @@ async def open_store(url: str) -> AsyncIterator[Any]:
             await pg_cm.__aexit__(None, None, None)
         return
     raise InvalidStoreURL(
-        f"unknown store URL {redact(url)!r}: expected sqlite:///path.db, redis://host:port/db or "
+        f"unknown store URL {redact(url)!r}: expected memory://, sqlite:///path.db, redis://host:port/db or "
         "postgresql://user@host:port/db")

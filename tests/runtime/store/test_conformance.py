@@ -21,9 +21,11 @@ from tests.fixtures.redis_server import redis_url  # noqa: F401 - fixture
 ROOT = Path(__file__).resolve().parents[3]
 
 
-@pytest.fixture(params=["sqlite", "redis", "postgresql"])
+@pytest.fixture(params=["memory", "sqlite", "redis", "postgresql"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Any]:
-    if request.param == "sqlite":
+    if request.param == "memory":
+        url = "memory://"
+    elif request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'store.db'}"
     elif request.param == "redis":
         url = request.getfixturevalue("redis_url")
