@@ -446,8 +446,18 @@ class Node:
                             self.tracing.record_supervisor_event(
                                 span, "child_terminated", {ATTR_REASON: str(exc), **attrs})
                             raise
+                        except Unavailable:
+                            if local is not None and local.state == "failing":
+                                self.tracing.record_supervisor_event(
+                                    span, "reached_max_restart_intensity",
+                                    {ATTR_REASON: local.last_exit_reason or "unknown", **attrs})
+                            raise
                     if not peers:
                         if local is not None and local.state == "failing":
+                            # the crash loop shows up in the trace of the call it turns away
+                            self.tracing.record_supervisor_event(
+                                span, "reached_max_restart_intensity",
+                                {ATTR_REASON: local.last_exit_reason or "unknown", **attrs})
                             raise local.unavailable_error()
                         if settle > 0 and (deadline is None or time.time() < deadline):
                             # placement may be moving (a node joined or left a moment ago):
