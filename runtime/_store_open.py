@@ -44,34 +44,24 @@ async def open_store(url: str) -> AsyncIterator[Any]:
         async with open_sqlite(path) as store:
             yield store
         return
-    if parts.scheme in ("redis", "rediss"):
+    if parts.scheme in ("redis", "rediss", "postgresql", "postgres"):
         if not parts.hostname:
-            raise InvalidStoreURL(f"redis URL must be redis://host:port/db, got {redact(url)!r}")
-        try:
-            cm = open_redis(url)
-            redis_store = await cm.__aenter__()
-        except ConnectionError as exc:
-            raise StoreUnavailable(str(exc)) from exc
-        try:
-            yield redis_store
-        finally:
-            await cm.__aexit__(None, None, None)
-        return
-    if parts.scheme in ("postgresql", "postgres"):
-        from runtime._postgres_store import open_postgres
+            raise InvalidStoreURL(f"{parts.scheme} URL must name a host: "
+                                  f"{parts.scheme}://[user@]host:port/db, got {redact(url)!r}")
+        if parts.scheme.startswith("redis"):
+            server_cm: Any = open_redis(url)
+        else:
+            from runtime._postgres_store import open_postgres
 
-        if not parts.hostname:
-            raise InvalidStoreURL(
-                f"postgresql URL must be postgresql://user@host:port/db, got {redact(url)!r}")
+            server_cm = open_postgres(url)
         try:
-            pg_cm = open_postgres(url)
-            pg_store = await pg_cm.__aenter__()
+            server_store = await server_cm.__aenter__()
         except ConnectionError as exc:
             raise StoreUnavailable(str(exc)) from exc
         try:
-            yield pg_store
+            yield server_store
         finally:
-            await pg_cm.__aexit__(None, None, None)
+            await server_cm.__aexit__(None, None, None)
         return
     raise InvalidStoreURL(
         f"unknown store URL {redact(url)!r}: expected memory://, sqlite:///path.db, redis://host:port/db or "

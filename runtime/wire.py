@@ -997,6 +997,23 @@ async def add_health_and_reflection(
     return health
 
 
+def new_server(max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES) -> grpc.aio.Server:
+    """A grpc.aio server sized for Stoic's payloads (add services, then a port)."""
+    return grpc.aio.server(options=channel_options(max_payload_bytes))
+
+
+def check_health(target: str, timeout: float = 1.0) -> bool:
+    """Blocking: whether the server at `target` answers grpc.health.v1 Check with SERVING
+    within `timeout` seconds (False when it cannot be reached)."""
+    try:
+        with grpc.insecure_channel(target) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
+            return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+    except grpc.RpcError:
+        return False
+
+
 # --------------------------------------------------------------------------- stubs
 
 

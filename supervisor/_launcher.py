@@ -16,8 +16,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from runtime.wire import check_health
 
 
 @dataclass(frozen=True)
@@ -182,23 +181,12 @@ def _signal_group(pgid: int, sig: signal.Signals) -> None:
         pass
 
 
-def health_ok(address: str, timeout: float = 1.0) -> bool:
-    """Whether the node at `address` answers grpc.health.v1 with SERVING."""
-    try:
-        with grpc.insecure_channel(address) as channel:
-            stub = health_pb2_grpc.HealthStub(channel)
-            reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
-            return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
-    except grpc.RpcError:
-        return False
-
-
 def wait_ready(n: NodeProcess, deadline: float) -> None:
     """Poll `n`'s health until SERVING; raise RuntimeError if it exits or the deadline passes."""
     for _ in range(100_000):
         if not n.alive():
             raise RuntimeError(f"node {n.node_id} exited during start-up; see {n.log_path}")
-        if health_ok(n.address, timeout=0.5):
+        if check_health(n.address, timeout=0.5):
             return
         if time.monotonic() > deadline:
             raise RuntimeError(f"node {n.node_id} not ready at {n.address} in time; see {n.log_path}")

@@ -24,7 +24,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import anyio
-import grpc
 from opentelemetry.trace import SpanKind
 
 from runtime import (
@@ -190,7 +189,7 @@ class Node:
         """Join the cluster, start the pools placed here, serve gRPC; until cancelled.
         On cancellation: leave the cluster, stop serving, stop every pool (instances get
         SIGTERM, then SIGKILL after their shutdown timeout)."""
-        server = grpc.aio.server(options=wire.channel_options())
+        server = wire.new_server()
         wire.add_invoker_service(server, self)
         wire.add_control_service(server, self)
         health = await wire.add_health_and_reflection(server)

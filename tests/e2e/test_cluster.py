@@ -15,6 +15,7 @@ import pytest
 from runtime import Client, StoicError
 from supervisor._launcher import Cluster
 from tests.fixtures.cluster import ROOT, descendants, running_cluster, wait_gone
+from tests.fixtures.ports import poll
 
 ZONES = ("a", "b", "c")
 
@@ -26,15 +27,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     with running_cluster(tmp_path_factory.mktemp("cluster"), zones=ZONES, apps=apps) as c:
         yield c
 
-
-def poll(predicate, timeout: float = 20.0, what: str = "condition"):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def hosting_zones(client: Client, function: str) -> set[str]:

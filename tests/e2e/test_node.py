@@ -24,6 +24,7 @@ from runtime import (
 )
 from supervisor._launcher import Cluster
 from tests.fixtures.cluster import ROOT, pid_alive, running_cluster, stoic_cli, wait_gone
+from tests.fixtures.ports import poll
 
 
 @pytest.fixture(scope="module")
@@ -51,15 +52,6 @@ def pool_of(client: Client, function: str):  # type: ignore[no-untyped-def]
                 return p
     raise AssertionError(f"no pool for {function}")
 
-
-def poll(predicate, timeout: float = 15.0, what: str = "condition"):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_hello_and_echo_through_the_client(client: Client) -> None:
