@@ -37,8 +37,14 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = (str(ROOT / "examples" / "hello.py"), str(ROOT / "examples" / "faulty.py"))
 
 
+_STATUS: Any = None  # the live progress line (a rich spinner) while a benchmark runs
+
+
 def _say(msg: str) -> None:
+    """Progress: a line on stderr, and the live spinner's text when there is one."""
     print(f"  .. {msg}", file=sys.stderr, flush=True)
+    if _STATUS is not None:
+        _STATUS.update(f"[bold]stoic bench[/bold] {msg}")
 
 
 def _free_base(count: int) -> int:
@@ -478,9 +484,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.what = "chaos"
     chosen = [c for c in COMMANDS if c != "chaos"] if args.what == "all" else [args.what]
     figures: dict[str, Any] = {}
+    from rich.console import Console
+
+    global _STATUS
+    console = Console(stderr=True)
     for name in chosen:
         print(f"== stoic bench {name}", flush=True)
-        figures[name] = COMMANDS[name](args)
+        with console.status(f"[bold]stoic bench[/bold] {name}") as status:
+            _STATUS = status
+            try:
+                figures[name] = COMMANDS[name](args)
+            finally:
+                _STATUS = None
     if args.json:
         write_json(args.json, figures)
         print(f"wrote {args.json}")
