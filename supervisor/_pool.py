@@ -41,6 +41,9 @@ class PoolConfig:
     restart_period: float = 10.0
     probe_initial: float = 1.0
     probe_max: float = 30.0
+    # Keep one started spare instance per pool: a restart takes it at once (no fork on the
+    # restart path) and a new spare is forked in the background. One more process each.
+    warm_standby: bool = False
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,9 @@ class FunctionPool:
         self._counter = 0
         self._sup: Any = None
         self._random = random.Random()
+        self._spare: Any = None
+        self._spare_counter = 0
+        self._refill_wakeup: anyio.Event | None = None
         self.report_hooks: list[Callable[[str, Report], None]] = []
 
     # --- queries -----------------------------------------------------------------------
@@ -212,11 +218,41 @@ class FunctionPool:
         instance_id = f"{self.spec.name}-{self._counter}"
 
         async def start() -> Any:
+            spare = self._take_spare()
+            if spare is not None:
+                return spare
             return await self._spawn(instance_id)
 
         # Instances are started as fast as the fork server allows; a broken function fails
         # at start and trips the intensity, which opens the circuit below.
         return ChildSpec(id=instance_id, start=start, restart=Restart.PERMANENT, shutdown=2.0)
+
+    def _take_spare(self) -> Any:
+        """The warm spare, if one is ready and alive (a refill is then started)."""
+        spare, self._spare = self._spare, None
+        if self._refill_wakeup is not None:
+            self._refill_wakeup.set()
+        if spare is not None and getattr(spare, "exit_reason", None) is None:
+            return spare
+        return None
+
+    async def _standby_loop(self) -> None:
+        """Keep one spare instance started (when `warm_standby`), until cancelled."""
+        for _ in iter(int, 1):
+            if self._spare is None and self.state != "failing":
+                try:
+                    self._spare_counter += 1
+                    spare = await self._spawn(f"{self.spec.name}-spare{self._spare_counter}")
+                except Exception as exc:  # the supervisor's own starts report failures
+                    log.info("%s: warm spare failed to start: %s", self.name, exc)
+                    await anyio.sleep(self.config.probe_initial)
+                    continue
+                self._spare = spare
+            self._refill_wakeup = anyio.Event()
+            with anyio.move_on_after(self.config.ping_interval):
+                await self._refill_wakeup.wait()
+            if self._spare is not None and self._spare.exit_reason is not None:
+                self._spare = None  # it died while waiting: start another
 
     def _on_report(self, report: Report) -> None:
         if report.kind in ("child_terminated", "start_error"):
@@ -245,6 +281,8 @@ class FunctionPool:
         probe_delay = self.config.probe_initial
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._ping_loop)
+            if self.config.warm_standby:
+                tg.start_soon(self._standby_loop)
             for _ in iter(int, 1):
                 if self._stop_requested.is_set():
                     break
@@ -282,6 +320,9 @@ class FunctionPool:
                 probe_delay = min(self.config.probe_max, probe_delay * 2)
             self.state = "stopped"
             self._signal_capacity()
+            if self._spare is not None:
+                self._spare.kill()
+                self._spare = None
             tg.cancel_scope.cancel()
 
     async def _stop_on_request(self, sup: Supervisor) -> None:

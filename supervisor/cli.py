@@ -43,7 +43,8 @@ def cmd_node(args: argparse.Namespace) -> int:
         die_with_parent=args.die_with_parent,
         advertise=args.advertise,
         prometheus=args.prometheus,
-        pool=PoolConfig(max_restarts=args.max_restarts, restart_period=args.restart_period),
+        pool=PoolConfig(max_restarts=args.max_restarts, restart_period=args.restart_period,
+                        warm_standby=args.warm_standby),
     )
     return run_node(config)
 
@@ -296,6 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
                       default=int(os.environ.get("STOIC_MAX_RESTARTS", "5")),
                       help="restart intensity of each function's instances: more than this "
                            "many restarts within --restart-period opens its circuit")
+    node.add_argument("--warm-standby", action="store_true",
+                      default=os.environ.get("STOIC_WARM_STANDBY", "") == "1",
+                      help="keep one started spare instance per function for instant restarts")
     node.add_argument("--restart-period", type=float,
                       default=float(os.environ.get("STOIC_RESTART_PERIOD", "10")))
     node.set_defaults(func=cmd_node)

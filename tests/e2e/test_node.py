@@ -286,3 +286,34 @@ def test_sync_idempotency_key_returns_the_same_invocation_and_result(client: Cli
     assert len({r.value["invocation_id"] for r in results}) == 1  # it ran once
     other = client.invoke("whoami", idempotency_key=key + "-other")
     assert other.invocation_id != results[0].invocation_id
+
+
+def test_warm_standby_replaces_a_killed_instance_with_the_spare(tmp_path: Path) -> None:
+    from tests.fixtures.cluster import descendants
+
+    with running_cluster(tmp_path, zones=("a",), env={"STOIC_WARM_STANDBY": "1"}) as cluster:
+        node_pid = cluster.nodes[0].pid
+        assert node_pid is not None
+        with Client(cluster.addresses) as c:
+            old = poll(lambda: pids_of(c, "whoami"), what="a whoami instance")
+            # the spare exists before the kill: one more process than the instances
+            spares = poll(lambda: descendants(node_pid) - set(_all_instance_pids(c)) - {
+                p for p in descendants(node_pid) if _parent(p) == node_pid},
+                what="spares started")
+            os.kill(old[0], signal.SIGKILL)
+            new = poll(lambda: (p := pids_of(c, "whoami")) and old[0] not in p and p,
+                       what="the replacement")
+            assert new[0] in spares, "the replacement should be the spare, not a new fork"
+            assert c.invoke("whoami").value["pid"] == new[0]
+
+
+def _all_instance_pids(c: Client) -> list[int]:
+    return [i.pid for n in c.status().nodes for p in n.pools for i in p.instances]
+
+
+def _parent(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return -1
