@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import anyio
+from opentelemetry import trace as otel_trace
 from opentelemetry.trace import SpanKind
 
 from runtime import (
@@ -170,6 +171,9 @@ class Node:
         self.pools: dict[str, FunctionPool] = {}
         self._unplaced_since: dict[str, float] = {}
         self._peers: dict[str, tuple[Any, wire.InvokerStub, wire.ControlStub]] = {}
+        # spans of invocations waiting on or running in each local pool (for supervisor
+        # events that concern them)
+        self._in_flight_spans: dict[str, set[Any]] = {}
         self._started_at = time.time()
         self._tg: anyio.abc.TaskGroup | None = None
         self._reconcile_wakeup = anyio.Event()
@@ -298,6 +302,13 @@ class Node:
     def _on_pool_report(self, function: str, report: Any) -> None:
         if report.kind in ("child_terminated", "start_error"):
             self.metrics.restart(function, self.config.zone)
+        if report.kind in ("start_error", "reached_max_restart_intensity"):
+            # invocations waiting for this pool's instances see why in their traces
+            reason = str(report.reason) if report.reason is not None else ""
+            for span in list(self._in_flight_spans.get(function, ())):
+                self.tracing.record_supervisor_event(
+                    span, report.kind, {ATTR_REASON: reason, ATTR_FUNCTION: function,
+                                        "stoic.child_id": report.child_id})
 
     def _stop_pool(self, name: str) -> None:
         pool = self.pools.pop(name, None)
@@ -504,18 +515,21 @@ class Node:
             invocation_id=invocation_id, attempt=attempt, function=spec.name,
             payload=request.payload, content_type=request.content_type or wire.JSON,
             deadline=call.deadline, trace_context=inject())
+        span = otel_trace.get_current_span()
+        waiting = self._in_flight_spans.setdefault(spec.name, set())
+        waiting.add(span)
         try:
             result, pid = await pool.invoke(exec_req, call.deadline)
         except InstanceCrashed as exc:
             if call.metadata.get(HOP_HEADER):
                 # the forwarding node records the crash on its attempt span; here, on ours
-                from opentelemetry import trace as otel_trace
-
                 self.tracing.record_supervisor_event(
-                    otel_trace.get_current_span(), "child_terminated",
+                    span, "child_terminated",
                     {ATTR_REASON: str(exc), ATTR_INVOCATION_ID: invocation_id,
                      ATTR_FUNCTION: spec.name, ATTR_ATTEMPT: attempt})
             raise
+        finally:
+            waiting.discard(span)
         return wire.InvokeResult(
             invocation_id=invocation_id, payload=result.payload,
             content_type=result.content_type, attempts=attempt,

@@ -317,3 +317,14 @@ def _parent(pid: int) -> int:
             return int(f.read().rsplit(")", 1)[1].split()[1])
     except (OSError, ValueError, IndexError):
         return -1
+
+
+def test_start_errors_show_in_the_trace_of_the_waiting_call(client: Client) -> None:
+
+    client.deploy([str(ROOT / "tests" / "e2e" / "apps" / "broken_for_trace.py")])
+    inv = f"trace-{time.time_ns()}"
+    with pytest.raises(Unavailable):
+        client.invoke("broken_for_trace", timeout=20, metadata={"x-stoic-invocation-id": inv})
+    text = client.trace(inv)
+    assert "start_error" in text, text
+    assert "cannot start in a function actor process" in text, text
