@@ -72,9 +72,10 @@ __all__ += [
 
 # --- store (issue 4) ---
 from runtime._sqlite_store import LeaseLost, VersionConflict
-from runtime._store_open import InvalidStoreURL, StoreUnavailable, open_store
+from runtime._store_open import InvalidStoreURL, Store, StoreUnavailable, open_store
 
-__all__ += ["open_store", "VersionConflict", "LeaseLost", "InvalidStoreURL", "StoreUnavailable"]
+__all__ += ["open_store", "Store", "VersionConflict", "LeaseLost", "InvalidStoreURL",
+            "StoreUnavailable"]
 
 # --- tracing (issue 7) ---
 from runtime._tracing import (  # noqa: E402
