@@ -71,11 +71,27 @@ __all__ += [
 ]
 
 # --- store (issue 4) ---
-from runtime._sqlite_store import LeaseLost, VersionConflict
-from runtime._store_open import InvalidStoreURL, Store, StoreUnavailable, open_store
+from runtime._store import (  # noqa: E402
+    InvalidStoreURL,
+    LeaseGrant,
+    LeaseLost,
+    MemoryStore,
+    QueueItem,
+    StateNamespace,
+    Store,
+    StoreClosed,
+    StoreError,
+    StoreUnavailable,
+    StoreURL,
+    VersionConflict,
+    Versioned,
+    open_store,
+    parse_store_url,
+)
 
 __all__ += ["open_store", "Store", "VersionConflict", "LeaseLost", "InvalidStoreURL",
-            "StoreUnavailable"]
+            "StoreUnavailable", "StoreError", "StoreClosed", "Versioned", "LeaseGrant",
+            "QueueItem", "MemoryStore", "StateNamespace", "StoreURL", "parse_store_url"]
 
 # --- tracing (issue 7) ---
 from runtime._tracing import (  # noqa: E402
