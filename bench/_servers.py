@@ -119,8 +119,8 @@ def postgres_server(*, fsync: bool = False) -> Iterator[str]:
     if initdb is None or postgres is None:
         raise ServerMissing("PostgreSQL (initdb, postgres) is not installed (.ci/run installs it)")
     user = _postgres_user()
-    as_user: dict[str, int] = {} if user is None else {"user": user.pw_uid,
-                                                         "group": user.pw_gid}
+    uid = None if user is None else user.pw_uid
+    gid = None if user is None else user.pw_gid
     env = dict(os.environ, LC_ALL="C", LANG="C")
     if user is not None:
         env.update(HOME=tempfile.gettempdir(), USER="postgres", LOGNAME="postgres")
@@ -131,7 +131,8 @@ def postgres_server(*, fsync: bool = False) -> Iterator[str]:
         data, log = os.path.join(tmp, "data"), os.path.join(tmp, "postgres.log")
         init = subprocess.run(
             [initdb, "-D", data, "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8"],
-            capture_output=True, timeout=120, cwd=tmp, env=env, extra_groups=[], **as_user)
+            capture_output=True, timeout=120, cwd=tmp, env=env, user=uid, group=gid,
+            extra_groups=None if user is None else [])
         if init.returncode != 0:
             raise ServerFailed(f"initdb failed: {init.stderr.decode(errors='replace')[-2000:]}")
         port = free_port()
@@ -142,8 +143,8 @@ def postgres_server(*, fsync: bool = False) -> Iterator[str]:
                 [postgres, "-D", data, "-p", str(port), "-k", tmp,
                  "-c", "listen_addresses=127.0.0.1", "-c", f"fsync={'on' if fsync else 'off'}",
                  "-c", "max_connections=200"],
-                stdout=out, stderr=subprocess.STDOUT, cwd=tmp, env=env, extra_groups=[],
-                **as_user)
+                stdout=out, stderr=subprocess.STDOUT, cwd=tmp, env=env, user=uid, group=gid,
+                extra_groups=None if user is None else [])
         try:
             _wait_until_up(proc, port, "postgres", log)
             _wait_accepting(port, proc, log)

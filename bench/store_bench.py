@@ -1,8 +1,9 @@
-"""Store benchmark: per backend, CAS put/get and durable enqueue -> lease -> ack throughput
-with 1 and 32 concurrent clients. Starts its own redis-server and PostgreSQL (as the tests
-do) and stops them.
+"""Store benchmark: per backend, CAS get+put, durable enqueue and enqueue -> lease -> ack
+throughput with 1 and 32 concurrent clients (100-byte values). Starts its own redis-server
+and PostgreSQL (with fsync on) exactly as the tests do (bench/_servers.py) and stops them.
+Prints figures; it is never a test.
 
-    .venv/bin/python -m bench.store_bench [--seconds 2] [--backends sqlite,redis,postgresql]
+    .venv/bin/python bench/store_bench.py [--seconds 2] [--backends memory,sqlite,redis,postgresql]
 """
 
 from __future__ import annotations
@@ -18,19 +19,21 @@ from pathlib import Path
 import anyio
 
 ROOT = Path(__file__).resolve().parents[1]
+BACKENDS = ("memory", "sqlite", "redis", "postgresql")
+VALUE = b"x" * 100
 
 
-async def _rate(op: Callable[[int, int], Awaitable[None]], clients: int, seconds: float) -> float:
+async def _rate(op: Callable[[int], Awaitable[int]], clients: int, seconds: float) -> float:
+    """Operations per second of `op(client)` (which returns how many it did) run by
+    `clients` concurrent tasks until `seconds` have passed."""
     done = 0
     deadline = time.perf_counter() + seconds
 
     async def client(c: int) -> None:
         nonlocal done
-        i = 0
         while time.perf_counter() < deadline:
-            await op(c, i)
-            i += 1
-            done += 1
+            n = await op(c)  # not `done += await ...`: that reads `done` before awaiting
+            done += n
 
     t0 = time.perf_counter()
     async with anyio.create_task_group() as tg:
@@ -40,62 +43,83 @@ async def _rate(op: Callable[[int, int], Awaitable[None]], clients: int, seconds
 
 
 async def bench_backend(url: str, seconds: float) -> dict[str, float]:
+    """One backend's figures, row name -> operations per second."""
     from runtime import VersionConflict, open_store
 
     out: dict[str, float] = {}
     async with open_store(url) as store:
         run = f"b{time.time_ns()}"
 
-        async def cas(c: int, i: int) -> None:
+        async def cas(c: int) -> int:
             key = f"{run}/cas/{c}"
             cur = await store.get(key)
             try:
-                await store.put(key, b"x" * 100, expected_version=cur.version if cur else 0)
+                await store.put(key, VALUE, expected_version=cur.version if cur else 0)
             except VersionConflict:
-                pass
+                return 0
+            return 1
 
-        async def queue(c: int, i: int) -> None:
-            q = f"{run}-q{c}"
-            await store.enqueue(q, b"x" * 100)
+        async def enqueue(c: int) -> int:
+            await store.enqueue(f"{run}-e", VALUE)
+            return 1
+
+        async def pipeline(c: int) -> int:
+            q = f"{run}-q"
+            await store.enqueue(q, VALUE)
+            acked = 0
             for item in await store.lease(q, max_items=1, visibility_timeout=30):
-                await store.ack(q, item)
-
-        async def enqueue(c: int, i: int) -> None:
-            await store.enqueue(f"{run}-e", b"x" * 100)
+                acked += await store.ack(q, item)
+            return acked
 
         for clients in (1, 32):
-            out[f"cas get+put, {clients} client(s)"] = await _rate(cas, clients, seconds)
-            out[f"enqueue->lease->ack, {clients} client(s)"] = await _rate(queue, clients, seconds)
-            out[f"durable enqueue, {clients} client(s)"] = await _rate(enqueue, clients, seconds)
+            label = f"{clients} client" + ("s" if clients > 1 else "")
+            out[f"CAS get+put, {label}"] = await _rate(cas, clients, seconds)
+            out[f"durable enqueue, {label}"] = await _rate(enqueue, clients, seconds)
+            out[f"enqueue -> lease -> ack, {label}"] = await _rate(pipeline, clients, seconds)
     return out
 
 
+def format_table(results: dict[str, dict[str, float]]) -> str:
+    """A Markdown table: one row per measurement, one column per backend."""
+    rows = list(next(iter(results.values())))
+    lines = ["| operations/s | " + " | ".join(results) + " |",
+             "| --- |" + " --- |" * len(results)]
+    for row in rows:
+        lines.append(f"| {row} | " + " | ".join(f"{results[b][row]:,.0f}" for b in results)
+                     + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="store_bench", description=__doc__)
-    p.add_argument("--seconds", type=float, default=2.0)
-    p.add_argument("--backends", default="sqlite,redis,postgresql")
+    p = argparse.ArgumentParser(prog="store_bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seconds", type=float, default=2.0, help="per measurement (default 2)")
+    p.add_argument("--backends", default=",".join(BACKENDS),
+                   help="comma-separated, from: " + ", ".join(BACKENDS))
     args = p.parse_args(argv)
-    sys.path.insert(0, str(ROOT))
-    from tests.fixtures.postgres_server import postgres_server
-    from tests.fixtures.redis_server import redis_server
+    backends = [b for b in args.backends.replace(" ", ",").split(",") if b]
+    unknown = [b for b in backends if b not in BACKENDS]
+    if unknown or not backends:
+        p.error(f"unknown backend(s) {unknown}; choose from {', '.join(BACKENDS)}")
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from bench._servers import postgres_server, redis_server
 
     results: dict[str, dict[str, float]] = {}
-    with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="stoic-sb-") as tmp:
-        for backend in args.backends.split(","):
+    with ExitStack() as stack:
+        tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="stoic-store-bench-"))
+        for backend in backends:
             if backend == "sqlite":
                 url = f"sqlite:///{tmp}/bench.db"
             elif backend == "redis":
                 url = stack.enter_context(redis_server())
             elif backend == "postgresql":
-                url = stack.enter_context(postgres_server())
+                url = stack.enter_context(postgres_server(fsync=True))
             else:
                 url = "memory://"
             print(f"  .. {backend}", file=sys.stderr, flush=True)
             results[backend] = anyio.run(bench_backend, url, args.seconds)
-    rows = list(next(iter(results.values())))
-    print(f"{'ops/s':40}" + "".join(f"{b:>12}" for b in results))
-    for row in rows:
-        print(f"{row:40}" + "".join(f"{results[b][row]:12,.0f}" for b in results))
+    print(format_table(results))
     return 0
 
 

@@ -44,6 +44,7 @@ class MemoryStore:
         self._leases: dict[str, LeaseGrant] = {}
         self._tokens: dict[str, int] = {}
         self._items: dict[str, _Item] = {}
+        self._queues: dict[str, dict[str, _Item]] = {}  # queue -> its items, by id
         self._idem: dict[tuple[str, str], str] = {}
         self._seq = itertools.count()
 
@@ -113,6 +114,7 @@ class MemoryStore:
         item = _Item(uuid.uuid4().hex, queue, bytes(payload), 0, now + delay, now,
                      next(self._seq))
         self._items[item.id] = item
+        self._queues.setdefault(queue, {})[item.id] = item
         if idempotency_key is not None:
             self._idem[(queue, idempotency_key)] = item.id
         return item.id
@@ -120,8 +122,8 @@ class MemoryStore:
     async def lease(self, queue: str, *, max_items: int,
                     visibility_timeout: float) -> list[QueueItem]:
         now = self._clock()
-        ready = sorted((i for i in self._items.values()
-                        if i.queue == queue and not i.dead and i.visible_at <= now),
+        ready = sorted((i for i in self._queues.get(queue, {}).values()
+                        if not i.dead and i.visible_at <= now),
                        key=lambda i: (i.visible_at, i.seq))[:max_items]
         for it in ready:
             it.attempts += 1
@@ -139,6 +141,7 @@ class MemoryStore:
         if self._held(queue, item) is None:
             return False
         del self._items[item.id]
+        del self._queues[queue][item.id]
         return True
 
     async def retry(self, queue: str, item: QueueItem, *, delay: float, error: str = "") -> bool:
@@ -156,14 +159,14 @@ class MemoryStore:
         return True
 
     async def list_dead_letters(self, queue: str, *, limit: int = 100) -> list[QueueItem]:
-        dead = sorted((i for i in self._items.values() if i.queue == queue and i.dead),
+        dead = sorted((i for i in self._queues.get(queue, {}).values() if i.dead),
                       key=lambda i: (i.enqueued_at, i.seq))[:limit]
         return [replace(i.leased(), receipt="") for i in dead]
 
     async def redrive(self, queue: str, item_ids: list[str] | None = None) -> list[str]:
         ids = item_ids if item_ids is not None else [
-            i.id for i in sorted(self._items.values(), key=lambda i: i.seq)
-            if i.queue == queue and i.dead]
+            i.id for i in sorted(self._queues.get(queue, {}).values(), key=lambda i: i.seq)
+            if i.dead]
         out = []
         for i in ids:
             it = self._items.get(i)
