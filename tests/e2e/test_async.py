@@ -14,7 +14,7 @@ from runtime import Client, FunctionNotFound
 from runtime.wire import InvocationState
 from supervisor._launcher import Cluster
 from tests.fixtures.cluster import ROOT, running_cluster
-from tests.fixtures.redis_server import redis_url  # noqa: F401 - fixture
+from tests.fixtures.servers import redis_url  # noqa: F401 - fixture
 
 APPS = (str(ROOT / "examples" / "hello.py"), str(ROOT / "examples" / "faulty.py"),
         str(ROOT / "tests" / "e2e" / "apps" / "async_app.py"))
