@@ -921,9 +921,10 @@ class _WorkerServicer(worker_pb2_grpc.WorkerServicer):
         self.in_flight = 0
 
     async def Execute(self, request_iterator: Any, context: Any) -> None:
-        # Requests run concurrently; each response is written as soon as it is ready.
-        # One write at a time on a stream, hence the lock.
-        write_lock = anyio.Lock()
+        # Requests run concurrently. Results go to one writer task, which writes every
+        # result ready at that moment as one message: one write at a time on a stream,
+        # and under load one write carries many results.
+        ready, outbox = anyio.create_memory_object_stream[Any](math.inf)
 
         async def run_one(msg: Any) -> None:
             self.in_flight += 1
@@ -939,12 +940,21 @@ class _WorkerServicer(worker_pb2_grpc.WorkerServicer):
                     )
             finally:
                 self.in_flight -= 1
-            async with write_lock:
-                await context.write(result.to_proto(msg.seq))
+            ready.send_nowait(result.to_proto(msg.seq))
+
+        async def write_loop() -> None:
+            async with outbox:
+                async for first in outbox:
+                    batch = _drain(first, outbox)
+                    await context.write(worker_pb2.ResultBatch(results=batch))
 
         async with anyio.create_task_group() as tg:
-            async for msg in request_iterator:
-                tg.start_soon(run_one, msg)
+            tg.start_soon(write_loop)
+            async with ready:
+                async with anyio.create_task_group() as runs:
+                    async for msg in request_iterator:
+                        for req in msg.requests:
+                            runs.start_soon(run_one, req)
 
     async def Ping(self, request: Any, context: Any) -> Any:
         return worker_pb2.PingResponse(pid=os.getpid(), in_flight=self.in_flight)
@@ -1203,6 +1213,21 @@ class _Waiter:
         self.error: StoicError | None = None
 
 
+MAX_BATCH = 256
+"""At most this many requests (or results) in one message of a worker's Execute stream."""
+
+
+def _drain(first: Any, receive: MemoryObjectReceiveStream[Any]) -> list[Any]:
+    """`first` and whatever else `receive` holds right now (up to MAX_BATCH), without waiting."""
+    batch = [first]
+    while len(batch) < MAX_BATCH:
+        try:
+            batch.append(receive.receive_nowait())
+        except (anyio.WouldBlock, anyio.EndOfStream):
+            break
+    return batch
+
+
 class WorkerStreamClient:
     """A node's connection to one function actor process: one long-lived bidirectional
     Execute stream carrying every invocation, multiplexed by `seq`.
@@ -1270,10 +1295,11 @@ class WorkerStreamClient:
     async def _write_loop(self, receive: MemoryObjectReceiveStream[Any]) -> None:
         # The only writer on the stream. Callers hand messages over instead of writing
         # themselves, because grpc cancels the whole stream when a write is cancelled:
-        # one caller giving up must not break the stream for everyone else.
-        async for msg in receive:
+        # one caller giving up must not break the stream for everyone else. Every request
+        # handed over while the previous write was in progress goes out in one message.
+        async for first in receive:
             try:
-                await self._call.write(msg)
+                await self._call.write(worker_pb2.ExecuteBatch(requests=_drain(first, receive)))
             except (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError):
                 return  # the stream is broken; the read loop reports why
             except asyncio.CancelledError:
@@ -1286,13 +1312,14 @@ class WorkerStreamClient:
         call = self._call
         try:
             while True:
-                msg = await call.read()
-                if msg is _EOF:
+                batch = await call.read()
+                if batch is _EOF:
                     return f"worker {self.name} closed the stream"
-                waiter = self._pending.pop(msg.seq, None)
-                if waiter is not None:  # None: its caller gave up (cancelled)
-                    waiter.result = ExecuteResult.from_proto(msg)
-                    waiter.done.set()
+                for msg in batch.results:
+                    waiter = self._pending.pop(msg.seq, None)
+                    if waiter is not None:  # None: its caller gave up (cancelled)
+                        waiter.result = ExecuteResult.from_proto(msg)
+                        waiter.done.set()
         except grpc.aio.AioRpcError as exc:
             return f"worker {self.name} stream broke: {exc.code().name}: {exc.details()}"
         except asyncio.CancelledError:

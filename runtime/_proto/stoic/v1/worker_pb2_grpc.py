@@ -28,7 +28,10 @@ if _version_not_supported:
 class WorkerStub:
     """Internal: between a node and its function actor processes, over a Unix socket.
     One long-lived bidirectional stream per worker carries every invocation, matched
-    by `seq`, so the node->worker hop costs no new call per invocation.
+    by `seq`, so the node->worker hop costs no new call per invocation. Each message
+    carries every request (or result) that was ready when it was written: under load one
+    message holds many, so the per-message cost of the stream is shared; with one call in
+    flight a message holds one and nothing waits to fill a batch.
     """
 
     def __init__(self, channel):
@@ -39,8 +42,8 @@ class WorkerStub:
         """
         self.Execute = channel.stream_stream(
                 '/stoic.v1.Worker/Execute',
-                request_serializer=stoic_dot_v1_dot_worker__pb2.ExecuteRequest.SerializeToString,
-                response_deserializer=stoic_dot_v1_dot_worker__pb2.ExecuteResponse.FromString,
+                request_serializer=stoic_dot_v1_dot_worker__pb2.ExecuteBatch.SerializeToString,
+                response_deserializer=stoic_dot_v1_dot_worker__pb2.ResultBatch.FromString,
                 _registered_method=True)
         self.Ping = channel.unary_unary(
                 '/stoic.v1.Worker/Ping',
@@ -52,7 +55,10 @@ class WorkerStub:
 class WorkerServicer:
     """Internal: between a node and its function actor processes, over a Unix socket.
     One long-lived bidirectional stream per worker carries every invocation, matched
-    by `seq`, so the node->worker hop costs no new call per invocation.
+    by `seq`, so the node->worker hop costs no new call per invocation. Each message
+    carries every request (or result) that was ready when it was written: under load one
+    message holds many, so the per-message cost of the stream is shared; with one call in
+    flight a message holds one and nothing waits to fill a batch.
     """
 
     def Execute(self, request_iterator, context):
@@ -72,8 +78,8 @@ def add_WorkerServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Execute': grpc.stream_stream_rpc_method_handler(
                     servicer.Execute,
-                    request_deserializer=stoic_dot_v1_dot_worker__pb2.ExecuteRequest.FromString,
-                    response_serializer=stoic_dot_v1_dot_worker__pb2.ExecuteResponse.SerializeToString,
+                    request_deserializer=stoic_dot_v1_dot_worker__pb2.ExecuteBatch.FromString,
+                    response_serializer=stoic_dot_v1_dot_worker__pb2.ResultBatch.SerializeToString,
             ),
             'Ping': grpc.unary_unary_rpc_method_handler(
                     servicer.Ping,
@@ -91,7 +97,10 @@ def add_WorkerServicer_to_server(servicer, server):
 class Worker:
     """Internal: between a node and its function actor processes, over a Unix socket.
     One long-lived bidirectional stream per worker carries every invocation, matched
-    by `seq`, so the node->worker hop costs no new call per invocation.
+    by `seq`, so the node->worker hop costs no new call per invocation. Each message
+    carries every request (or result) that was ready when it was written: under load one
+    message holds many, so the per-message cost of the stream is shared; with one call in
+    flight a message holds one and nothing waits to fill a batch.
     """
 
     @staticmethod
@@ -109,8 +118,8 @@ class Worker:
             request_iterator,
             target,
             '/stoic.v1.Worker/Execute',
-            stoic_dot_v1_dot_worker__pb2.ExecuteRequest.SerializeToString,
-            stoic_dot_v1_dot_worker__pb2.ExecuteResponse.FromString,
+            stoic_dot_v1_dot_worker__pb2.ExecuteBatch.SerializeToString,
+            stoic_dot_v1_dot_worker__pb2.ResultBatch.FromString,
             options,
             channel_credentials,
             insecure,
