@@ -14,6 +14,7 @@ Conventions on the wire that the dataclasses hide:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import enum
 import json
@@ -940,13 +941,20 @@ class _WorkerServicer(worker_pb2_grpc.WorkerServicer):
                     )
             finally:
                 self.in_flight -= 1
-            ready.send_nowait(result.to_proto(msg.seq))
+            with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+                ready.send_nowait(result.to_proto(msg.seq))  # fails only if the node left
 
         async def write_loop() -> None:
             async with outbox:
                 async for first in outbox:
                     batch = _drain(first, outbox)
-                    await context.write(worker_pb2.ResultBatch(results=batch))
+                    try:
+                        await context.write(worker_pb2.ResultBatch(results=batch))
+                    except Exception as exc:  # grpc raises its own internal types here
+                        # The node went away (closed or broke the stream): nobody is left
+                        # to read results. Drop them; the node re-dispatches what it missed.
+                        log.debug("worker stream closed while writing results: %r", exc)
+                        return
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(write_loop)
@@ -1223,8 +1231,8 @@ def _drain(first: Any, receive: MemoryObjectReceiveStream[Any]) -> list[Any]:
     while len(batch) < MAX_BATCH:
         try:
             batch.append(receive.receive_nowait())
-        except (anyio.WouldBlock, anyio.EndOfStream):
-            break
+        except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
+            break  # nothing more now, or the stream is being closed under us
     return batch
 
 
@@ -1248,6 +1256,7 @@ class WorkerStreamClient:
         self._max = max_payload_bytes
         self._pending: dict[int, _Waiter] = {}
         self._next_seq = 1
+        self.messages_sent = 0  # stream messages written (each carries one or more requests)
         self._call: Any = None
         self._stub: Any = None
         self._broken: str | None = None
@@ -1297,16 +1306,19 @@ class WorkerStreamClient:
         # themselves, because grpc cancels the whole stream when a write is cancelled:
         # one caller giving up must not break the stream for everyone else. Every request
         # handed over while the previous write was in progress goes out in one message.
-        async for first in receive:
-            try:
-                await self._call.write(worker_pb2.ExecuteBatch(requests=_drain(first, receive)))
-            except (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError):
-                return  # the stream is broken; the read loop reports why
-            except asyncio.CancelledError:
-                task = asyncio.current_task()
-                if task is not None and task.cancelling():
-                    raise
-                return  # grpc cancelled its own write: the stream is broken
+        with contextlib.suppress(anyio.ClosedResourceError):  # closed: we are done
+            async for first in receive:
+                try:
+                    batch = _drain(first, receive)
+                    self.messages_sent += 1
+                    await self._call.write(worker_pb2.ExecuteBatch(requests=batch))
+                except (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError):
+                    return  # the stream is broken; the read loop reports why
+                except asyncio.CancelledError:
+                    task = asyncio.current_task()
+                    if task is not None and task.cancelling():
+                        raise
+                    return  # grpc cancelled its own write: the stream is broken
 
     async def _read_loop(self) -> str:
         call = self._call

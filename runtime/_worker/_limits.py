@@ -10,6 +10,7 @@ Exit statuses a worker uses on purpose, so the node can say why it ended:
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import resource
 import signal
@@ -49,7 +50,9 @@ _PR_SET_PDEATHSIG = 1
 _M_ARENA_MAX = -8
 
 
+@functools.cache
 def _libc() -> ctypes.CDLL:
+    # Loaded once, in the template: forked workers inherit it.
     return ctypes.CDLL(None, use_errno=True)
 
 

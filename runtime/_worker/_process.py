@@ -184,6 +184,11 @@ class WorkerProcess:
         task): it would otherwise cancel the fork server's whole task group."""
         try:
             await self._client.run(task_status=task_status)
+        except Exception:
+            # A bug in one worker's connection must not take the node down: this worker's
+            # callers get InstanceCrashed and the supervisor replaces it.
+            log.exception("worker %s: stream client failed", self.name)
+            await self._client.aclose()
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if task is not None and task.cancelling() == 0:

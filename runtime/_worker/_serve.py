@@ -208,12 +208,16 @@ async def _serve(config: WorkerConfig, handler: Callable[..., Any], ready_fd: in
     import grpc.aio  # only here: no gRPC object exists before the fork
 
     from runtime._tracing import Tracing
+    from runtime._tracing.config import otlp_endpoint, sdk_disabled
 
-    # Created after the fork: the exporter's thread (when an OTLP endpoint is set) is ours.
-    tracing = Tracing.from_env(node_id=config.node_id, zone=config.zone, role="worker")
     # Spans recorded only locally in a worker are never read (`stoic trace` asks the
-    # nodes), so without an exporter the worker creates none: tracing then costs nothing here.
-    executor = Executor(config, handler, tracing if tracing.exporting else None)
+    # nodes), so without an exporter the worker has no tracer provider at all: tracing then
+    # costs nothing here, not even at start (a restart's time matters). With one, it is
+    # created after the fork, so the exporter's thread is ours.
+    tracing: Tracing | None = None
+    if otlp_endpoint(os.environ, "traces") is not None and not sdk_disabled(os.environ):
+        tracing = Tracing.from_env(node_id=config.node_id, zone=config.zone, role="worker")
+    executor = Executor(config, handler, tracing)
     server = grpc.aio.server(options=wire.channel_options())
     wire.add_worker_service(server, executor)
     try:
@@ -238,7 +242,8 @@ async def _serve(config: WorkerConfig, handler: Callable[..., Any], ready_fd: in
     logging.getLogger("grpc._cython.cygrpc").setLevel(logging.CRITICAL)
     with anyio.move_on_after(FLUSH_GRACE + 0.5):
         await server.stop(FLUSH_GRACE)
-    await anyio.to_thread.run_sync(tracing.shutdown, 1.0)
+    if tracing is not None:
+        await anyio.to_thread.run_sync(tracing.shutdown, 1.0)
     _exit_now(0)
 
 

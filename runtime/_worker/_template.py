@@ -18,6 +18,7 @@ object is created in the forked child only.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import select
@@ -101,12 +102,22 @@ def run_template(parent_pid: int) -> NoReturn:
     # Pre-import what every worker needs (the point of the template).
     import anyio  # noqa: F401
     import anyio._backends._asyncio  # noqa: F401
+    import anyio._core._signals  # noqa: F401
+    import anyio.from_thread  # noqa: F401
     import anyio.to_thread  # noqa: F401
     import grpc  # noqa: F401
     import grpc.aio  # noqa: F401
+    import opentelemetry.sdk.trace  # noqa: F401
 
     import runtime  # noqa: F401
+    import runtime._state  # noqa: F401
+    import runtime._tracing  # noqa: F401
     import runtime._worker._serve  # noqa: F401
+
+    # Everything imported so far is shared with every forked worker. Move it out of the
+    # garbage collector's view: a collection in a worker would otherwise touch (and so
+    # copy, page by page) the whole inherited heap.
+    gc.freeze()
 
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_r, False)
@@ -149,7 +160,9 @@ def run_template(parent_pid: int) -> NoReturn:
                     children.add(pid)
                     _send({"op": "spawned", "ref": msg.get("ref"), "pid": pid})
                 elif op == "preload":
-                    _send({"op": "preloaded", "errors": _preload(list(msg.get("apps", [])))})
+                    errors = _preload(list(msg.get("apps", [])))
+                    gc.freeze()
+                    _send({"op": "preloaded", "errors": errors})
     finally:
         for pid in children:
             try:
