@@ -947,6 +947,7 @@ class _WorkerServicer(worker_pb2_grpc.WorkerServicer):
         async def write_loop() -> None:
             async with outbox:
                 async for first in outbox:
+                    await asyncio.sleep(0)  # let results that are ready now join this one
                     batch = _drain(first, outbox)
                     try:
                         await context.write(worker_pb2.ResultBatch(results=batch))
@@ -1309,6 +1310,9 @@ class WorkerStreamClient:
         with contextlib.suppress(anyio.ClosedResourceError):  # closed: we are done
             async for first in receive:
                 try:
+                    # one turn of the loop first: other callers that are ready to run
+                    # right now join this message instead of paying for their own
+                    await asyncio.sleep(0)
                     batch = _drain(first, receive)
                     self.messages_sent += 1
                     await self._call.write(worker_pb2.ExecuteBatch(requests=batch))
