@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
+from types import TracebackType
 
+from opentelemetry import context as context_api
 from opentelemetry import trace
+from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider, sampling
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
@@ -54,6 +57,42 @@ def bounded_call(fn: Callable[[], object], timeout: float, name: str) -> bool:
 
     threading.Thread(target=run, name=name, daemon=True).start()
     return done.wait(timeout)
+
+
+class _SpanScope:
+    """`Tracing.start_span`'s context manager: start, attach, detach, record, end."""
+
+    __slots__ = ("_tracer", "_name", "_ctx", "_kind", "_attributes", "_links", "_span",
+                 "_token")
+
+    def __init__(self, tracer: trace.Tracer, name: str, ctx: Context | None, kind: SpanKind,
+                 attributes: Attributes, links: Sequence[Link]) -> None:
+        self._tracer = tracer
+        self._name = name
+        self._ctx = ctx
+        self._kind = kind
+        self._attributes = attributes
+        self._links = links
+
+    def __enter__(self) -> trace.Span:
+        span = self._tracer.start_span(
+            self._name, context=self._ctx, kind=self._kind, attributes=self._attributes,
+            links=self._links, record_exception=False, set_status_on_exception=False)
+        self._span = span
+        self._token = context_api.attach(trace.set_span_in_context(span))
+        return span
+
+    def __exit__(self, typ: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        span = self._span
+        context_api.detach(self._token)
+        if exc is not None and span.is_recording():
+            if isinstance(exc, Exception):
+                span.record_exception(exc)
+                span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+            else:
+                span.set_status(Status(StatusCode.ERROR, f"cancelled: {type(exc).__name__}"))
+        span.end()
 
 
 class Tracing:
@@ -180,7 +219,6 @@ class Tracing:
 
     # --- spans ---
 
-    @contextmanager
     def start_span(
         self,
         name: str,
@@ -189,7 +227,7 @@ class Tracing:
         kind: SpanKind = SpanKind.INTERNAL,
         attributes: Attributes = None,
         links: Sequence[Link] = (),
-    ) -> Iterator[trace.Span]:
+    ) -> AbstractContextManager[trace.Span]:
         """Start a span, make it current for the block, end it on exit.
 
         `parent`: gRPC metadata / ExecuteRequest.trace_context (W3C headers), an OTel
@@ -198,21 +236,11 @@ class Tracing:
         on the span (status ERROR) and re-raised; a cancellation (BaseException such as
         anyio's cancel exception) sets status ERROR "cancelled: <type>" without a stack
         trace event and is re-raised.
+
+        One plain context manager object rather than the SDK's three nested generator
+        ones (start_as_current_span -> use_span): this is on every invocation's path.
         """
-        ctx = to_context(parent)
-        with self._tracer.start_as_current_span(
-            name, context=ctx, kind=kind, attributes=attributes, links=links,
-            record_exception=False, set_status_on_exception=False,
-        ) as span:
-            try:
-                yield span
-            except Exception as exc:
-                span.record_exception(exc)
-                span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
-                raise
-            except BaseException as exc:
-                span.set_status(Status(StatusCode.ERROR, f"cancelled: {type(exc).__name__}"))
-                raise
+        return _SpanScope(self._tracer, name, to_context(parent), kind, attributes, links)
 
     def record_supervisor_event(
         self,
