@@ -501,6 +501,10 @@ class Client:
         """See `AsyncClient.redrive`."""
         return self._run(self._async.redrive(ids, **kwargs))
 
+    def trace_spans(self, invocation_id: str, **kwargs: Any) -> tuple[str, ...]:
+        """See `AsyncClient.trace_spans`."""
+        return self._run(self._async.trace_spans(invocation_id, **kwargs))
+
     def trace(self, invocation_id: str, **kwargs: Any) -> str:
         """See `AsyncClient.trace`."""
         return self._run(self._async.trace(invocation_id, **kwargs))

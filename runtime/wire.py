@@ -65,6 +65,7 @@ __all__ = [
     "AttemptInfo",
     "ExecuteRequest",
     "ExecuteResult",
+    "WorkerTiming",
     "FunctionErrorInfo",
     "FunctionSpec",
     "InstanceStatus",
@@ -637,13 +638,44 @@ class ExecuteRequest:
 
 
 @dataclass(frozen=True)
+class WorkerTiming:
+    """When (unix nanoseconds) and in which process a worker ran one attempt; span ids
+    are the worker's own when it exports spans, else 0."""
+
+    execute_start: int
+    handler_start: int
+    handler_end: int
+    execute_end: int
+    pid: int
+    execute_span_id: int = 0
+    handler_span_id: int = 0
+
+    def to_proto(self) -> worker_pb2.WorkerTiming:
+        return worker_pb2.WorkerTiming(
+            execute_start_unix_nano=self.execute_start,
+            handler_start_unix_nano=self.handler_start,
+            handler_end_unix_nano=self.handler_end,
+            execute_end_unix_nano=self.execute_end,
+            pid=self.pid, execute_span_id=self.execute_span_id,
+            handler_span_id=self.handler_span_id,
+        )
+
+    @classmethod
+    def from_proto(cls, msg: worker_pb2.WorkerTiming) -> WorkerTiming:
+        return cls(msg.execute_start_unix_nano, msg.handler_start_unix_nano,
+                   msg.handler_end_unix_nano, msg.execute_end_unix_nano, msg.pid,
+                   msg.execute_span_id, msg.handler_span_id)
+
+
+@dataclass(frozen=True)
 class ExecuteResult:
     """The outcome of one attempt inside the worker: a result, or `error` if the handler
-    raised (the process survived)."""
+    raised (the process survived). `timing` says when it ran (None from older workers)."""
 
     payload: bytes = b""
     content_type: str = JSON
     error: FunctionErrorInfo | None = None
+    timing: WorkerTiming | None = None
 
     def to_proto(self, seq: int = 0) -> worker_pb2.ExecuteResponse:
         return worker_pb2.ExecuteResponse(
@@ -651,11 +683,14 @@ class ExecuteResult:
             payload=self.payload,
             content_type=self.content_type,
             error=self.error.to_proto() if self.error is not None else None,
+            timing=self.timing.to_proto() if self.timing is not None else None,
         )
 
     @classmethod
     def from_proto(cls, msg: worker_pb2.ExecuteResponse) -> ExecuteResult:
-        return cls(payload=msg.payload, content_type=msg.content_type or JSON, error=_error_from(msg))
+        return cls(payload=msg.payload, content_type=msg.content_type or JSON,
+                   error=_error_from(msg),
+                   timing=WorkerTiming.from_proto(msg.timing) if msg.HasField("timing") else None)
 
 
 class PingResult(NamedTuple):

@@ -530,6 +530,12 @@ class Node:
             raise
         finally:
             waiting.discard(span)
+        if result.timing is not None:
+            self.tracing.record_worker_spans(
+                span, result.timing,
+                {ATTR_FUNCTION: spec.name, ATTR_INVOCATION_ID: invocation_id,
+                 ATTR_ATTEMPT: attempt},
+                result.error.type if result.error is not None else None)
         return wire.InvokeResult(
             invocation_id=invocation_id, payload=result.payload,
             content_type=result.content_type, attempts=attempt,

@@ -267,6 +267,9 @@ def _label(record: SpanRecord) -> str:
         parts.append(f"attempt={attempt}")
     parts.append(f"{record.duration_ms:.1f} ms")
     where = "/".join(p for p in (record.node, record.zone) if p)
+    pid = record.attributes.get("process.pid")
+    if pid is not None:  # a span of a function actor process
+        where = f"{where} pid {pid}" if where else f"pid {pid}"
     if where:
         parts.append(f"[{where}]")
     if record.status == "ERROR":

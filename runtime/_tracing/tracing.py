@@ -11,16 +11,18 @@ becomes the parent when no explicit parent is given.
 from __future__ import annotations
 
 import os
+import random
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from types import TracebackType
+from typing import Protocol
 
 from opentelemetry import context as context_api
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider, sampling
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider, sampling
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 from opentelemetry.util.types import Attributes
@@ -57,6 +59,22 @@ def bounded_call(fn: Callable[[], object], timeout: float, name: str) -> bool:
 
     threading.Thread(target=run, name=name, daemon=True).start()
     return done.wait(timeout)
+
+
+class WorkerTimingLike(Protocol):
+    """What `record_worker_spans` reads (runtime.wire.WorkerTiming has it)."""
+
+    execute_start: int
+    handler_start: int
+    handler_end: int
+    execute_end: int
+    pid: int
+    execute_span_id: int
+    handler_span_id: int
+
+
+def _new_span_id() -> int:
+    return random.getrandbits(64) or 1
 
 
 class _SpanScope:
@@ -123,6 +141,7 @@ class Tracing:
         Raises ValueError for recorder_capacity < 1.
         """
         self._resource = resource
+        self._worker_resource: Resource | None = None
         self._recorder = LocalRecorder(recorder_capacity)
         self._disabled = disabled
         self._exporting = exporter is not None and not disabled
@@ -278,6 +297,42 @@ class Tracing:
         with self._tracer.start_as_current_span(kind, attributes=attrs, links=links) as own:
             own.add_event(kind, attrs)
             return own.get_span_context()
+
+    def record_worker_spans(
+        self,
+        parent: trace.Span,
+        timing: WorkerTimingLike,
+        attributes: Mapping[str, str | int],
+        error: str | None = None,
+    ) -> None:
+        """Record the worker's `stoic.worker.execute` and `stoic.handler` spans of one
+        attempt from the timing the worker reported, as children of `parent` (the span
+        whose context travelled to the worker), in the local recorder only: a worker that
+        exports sends its own spans (whose ids `timing` carries, so both views agree).
+        This is what lets `stoic trace` show the worker without a collector. `error`: the
+        handler's exception type, if it raised."""
+        if self._disabled or self._shut:
+            return
+        pctx = parent.get_span_context()
+        if not pctx.is_valid or not pctx.trace_flags.sampled:
+            return
+        if self._worker_resource is None:
+            self._worker_resource = self._resource.merge(Resource({"stoic.role": "worker"}))
+        attrs = {**attributes, "process.pid": timing.pid}
+        flags = pctx.trace_flags
+        execute_ctx = trace.SpanContext(
+            pctx.trace_id, timing.execute_span_id or _new_span_id(), False, flags)
+        handler_ctx = trace.SpanContext(
+            pctx.trace_id, timing.handler_span_id or _new_span_id(), False, flags)
+        self._recorder.on_end(ReadableSpan(
+            name="stoic.worker.execute", context=execute_ctx, parent=pctx,
+            resource=self._worker_resource, attributes=attrs, kind=SpanKind.SERVER,
+            start_time=timing.execute_start, end_time=timing.execute_end))
+        self._recorder.on_end(ReadableSpan(
+            name="stoic.handler", context=handler_ctx, parent=execute_ctx,
+            resource=self._worker_resource, attributes=attrs,
+            status=Status(StatusCode.ERROR, error) if error else Status(StatusCode.UNSET),
+            start_time=timing.handler_start, end_time=timing.handler_end))
 
     # --- lifecycle ---
 

@@ -10,12 +10,14 @@ Payloads are bytes with a content type; nothing read from the socket is unpickle
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 import logging
 import os
 import signal
 import sys
+import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -142,11 +144,42 @@ class Executor:
         self._handler = handler
         self._is_async = inspect.iscoroutinefunction(handler)
         self._limiter = anyio.CapacityLimiter(config.spec.config.concurrency)
+        self._pid = os.getpid()
         self.in_flight = 0
         self.idle = anyio.Event()
         self.idle.set()
 
     async def execute(self, request: wire.ExecuteRequest) -> wire.ExecuteResult:
+        started = time.time_ns()
+        handler_times = [started, started]
+        execute_span_id = handler_span_id = 0
+        if self._tracing is None:
+            result = await self._execute(request, handler_times)
+        else:
+            from opentelemetry.trace import SpanKind
+
+            from runtime._tracing import ATTR_ATTEMPT, ATTR_FUNCTION, ATTR_INVOCATION_ID
+
+            attrs = {ATTR_FUNCTION: self._config.spec.name,
+                     ATTR_INVOCATION_ID: request.invocation_id,
+                     ATTR_ATTEMPT: request.attempt, "process.pid": self._pid}
+            with self._tracing.start_span("stoic.worker.execute", parent=request.trace_context,
+                                          kind=SpanKind.SERVER, attributes=attrs) as outer:
+                with self._tracing.start_span("stoic.handler", attributes=attrs) as span:
+                    result = await self._execute(request, handler_times)
+                    if result.error is not None:
+                        from opentelemetry.trace import Status, StatusCode
+
+                        span.set_status(Status(StatusCode.ERROR, result.error.type))
+                execute_span_id = outer.get_span_context().span_id
+                handler_span_id = span.get_span_context().span_id
+        timing = wire.WorkerTiming(started, handler_times[0], handler_times[1], time.time_ns(),
+                                   self._pid, execute_span_id, handler_span_id)
+        return dataclasses.replace(result, timing=timing)
+
+    async def _execute(self, request: wire.ExecuteRequest, times: list[int]) -> wire.ExecuteResult:
+        """Decode the event, build the context and run the handler; `times` gets the
+        handler's start and end (unix ns)."""
         if wire.is_json(request.content_type):
             try:
                 event = json.loads(request.payload) if request.payload else None
@@ -164,23 +197,11 @@ class Executor:
             tracer=self._tracing.tracer if self._tracing is not None else None,
             state=self._state,
         )
-        if self._tracing is None:
+        times[0] = time.time_ns()
+        try:
             return await self._run(event, ctx)
-        from opentelemetry.trace import SpanKind
-
-        from runtime._tracing import ATTR_ATTEMPT, ATTR_FUNCTION, ATTR_INVOCATION_ID
-
-        attrs = {ATTR_FUNCTION: cfg.spec.name, ATTR_INVOCATION_ID: request.invocation_id,
-                 ATTR_ATTEMPT: request.attempt, "process.pid": os.getpid()}
-        with self._tracing.start_span("stoic.worker.execute", parent=request.trace_context,
-                                      kind=SpanKind.SERVER, attributes=attrs):
-            with self._tracing.start_span("stoic.handler", attributes=attrs) as span:
-                result = await self._run(event, ctx)
-                if result.error is not None:
-                    from opentelemetry.trace import Status, StatusCode
-
-                    span.set_status(Status(StatusCode.ERROR, result.error.type))
-                return result
+        finally:
+            times[1] = time.time_ns()
 
     async def _run(self, event: Any, ctx: Context) -> wire.ExecuteResult:
         self.in_flight += 1

@@ -328,3 +328,30 @@ def test_start_errors_show_in_the_trace_of_the_waiting_call(client: Client) -> N
     text = client.trace(inv)
     assert "start_error" in text, text
     assert "cannot start in a function actor process" in text, text
+
+
+def test_stoic_trace_shows_the_worker_and_handler_spans(client: Client) -> None:
+    """Without a collector, the node records the worker's spans from the timing the worker
+    reports: each attempt that reached a process has execute -> handler below it, in that
+    process, and a crashed attempt has none."""
+    import json
+
+    from runtime._tracing import SpanRecord
+
+    inv = f"worker-spans-{time.time_ns()}"
+    result = client.invoke("flaky", {}, metadata={"x-stoic-invocation-id": inv})
+    assert result.value == {"attempt": 2}
+    records = [SpanRecord.from_dict(json.loads(s)) for s in client.trace_spans(inv)]
+    by_id = {r.span_id: r for r in records}
+    executes = [r for r in records if r.name == "stoic.worker.execute"]
+    handlers = [r for r in records if r.name == "stoic.handler"]
+    assert len(executes) == len(handlers) == 1, [r.name for r in records]
+    execute, handler = executes[0], handlers[0]
+    attempt = by_id[execute.parent_id or ""]
+    assert (attempt.name, attempt.attributes["stoic.attempt"]) == ("stoic.attempt", 2)
+    assert handler.parent_id == execute.span_id
+    assert execute.attributes["process.pid"] == result.placement.pid
+    assert attempt.start <= execute.start <= handler.start <= handler.end <= execute.end
+    assert execute.end <= attempt.end
+    text = client.trace(inv)
+    assert f"pid {result.placement.pid}" in text, text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -110,6 +111,12 @@ def test_sync_invocation_with_crash_and_retry_is_one_trace(cluster: Cluster, rec
     handler = next(s for s in spans if s.name == "stoic.handler")
     assert handler.parent_id == execute.span_id
     assert by_id[next(s for s in spans if s.name == "user.step").parent_id].name == "stoic.handler"
+    # `stoic trace` (the nodes' local records) shows the same worker spans, same ids
+    with Client(entry.address) as plain:
+        local = [json.loads(r) for r in plain.trace_spans(result.invocation_id)]
+    local_ids = {(r["name"], r["span_id"]) for r in local}
+    assert ("stoic.worker.execute", execute.span_id) in local_ids
+    assert ("stoic.handler", handler.span_id) in local_ids
     # the crash shows up inside the trace of the request that hit it
     crashed = [s for s in spans if s.name != "child_terminated"
                and any(e.name == "child_terminated" for e in s.events)]

@@ -35,16 +35,36 @@ class ExecuteRequest(_message.Message):
     def __init__(self, seq: _Optional[int] = ..., invocation_id: _Optional[str] = ..., attempt: _Optional[int] = ..., function: _Optional[str] = ..., payload: _Optional[bytes] = ..., content_type: _Optional[str] = ..., deadline: _Optional[float] = ..., trace_context: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class ExecuteResponse(_message.Message):
-    __slots__ = ("seq", "payload", "content_type", "error")
+    __slots__ = ("seq", "payload", "content_type", "error", "timing")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
     CONTENT_TYPE_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    TIMING_FIELD_NUMBER: _ClassVar[int]
     seq: int
     payload: bytes
     content_type: str
     error: _invoker_pb2.FunctionError
-    def __init__(self, seq: _Optional[int] = ..., payload: _Optional[bytes] = ..., content_type: _Optional[str] = ..., error: _Optional[_Union[_invoker_pb2.FunctionError, _Mapping]] = ...) -> None: ...
+    timing: WorkerTiming
+    def __init__(self, seq: _Optional[int] = ..., payload: _Optional[bytes] = ..., content_type: _Optional[str] = ..., error: _Optional[_Union[_invoker_pb2.FunctionError, _Mapping]] = ..., timing: _Optional[_Union[WorkerTiming, _Mapping]] = ...) -> None: ...
+
+class WorkerTiming(_message.Message):
+    __slots__ = ("execute_start_unix_nano", "handler_start_unix_nano", "handler_end_unix_nano", "execute_end_unix_nano", "pid", "execute_span_id", "handler_span_id")
+    EXECUTE_START_UNIX_NANO_FIELD_NUMBER: _ClassVar[int]
+    HANDLER_START_UNIX_NANO_FIELD_NUMBER: _ClassVar[int]
+    HANDLER_END_UNIX_NANO_FIELD_NUMBER: _ClassVar[int]
+    EXECUTE_END_UNIX_NANO_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    EXECUTE_SPAN_ID_FIELD_NUMBER: _ClassVar[int]
+    HANDLER_SPAN_ID_FIELD_NUMBER: _ClassVar[int]
+    execute_start_unix_nano: int
+    handler_start_unix_nano: int
+    handler_end_unix_nano: int
+    execute_end_unix_nano: int
+    pid: int
+    execute_span_id: int
+    handler_span_id: int
+    def __init__(self, execute_start_unix_nano: _Optional[int] = ..., handler_start_unix_nano: _Optional[int] = ..., handler_end_unix_nano: _Optional[int] = ..., execute_end_unix_nano: _Optional[int] = ..., pid: _Optional[int] = ..., execute_span_id: _Optional[int] = ..., handler_span_id: _Optional[int] = ...) -> None: ...
 
 class ExecuteBatch(_message.Message):
     __slots__ = ("requests",)
