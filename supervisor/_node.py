@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import ctypes
+import dataclasses
 import json
 import logging
 import os
@@ -624,7 +625,14 @@ class Node:
         return wire.NodeStatus(
             node_id=self.config.node_id, zone=self.config.zone, address=self.config.advertised,
             healthy=self.membership.holds_lease, lease_age=0.0, pid=os.getpid(),
-            pools=tuple(self.pools[n].status() for n in sorted(self.pools)))
+            pools=tuple(self._pool_status(n) for n in sorted(self.pools)))
+
+    def _pool_status(self, name: str) -> wire.PoolStatus:
+        status = self.pools[name].status()
+        if name in self._unplaced_since:
+            # placed elsewhere now: it keeps serving for UNPLACED_GRACE, then stops
+            status = dataclasses.replace(status, state="draining")
+        return status
 
     async def status(self, call: wire.CallInfo) -> wire.Status:
         """The whole cluster: this node's tree, and each peer's (asked over gRPC, unless

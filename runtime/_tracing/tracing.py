@@ -24,6 +24,7 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider, sampling
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 from opentelemetry.util.types import Attributes
 
@@ -141,7 +142,9 @@ class Tracing:
         Raises ValueError for recorder_capacity < 1.
         """
         self._resource = resource
+        self._scope = InstrumentationScope(_SCOPE)
         self._worker_resource: Resource | None = None
+        self._export_processor: BatchSpanProcessor | None = None
         self._recorder = LocalRecorder(recorder_capacity)
         self._disabled = disabled
         self._exporting = exporter is not None and not disabled
@@ -161,13 +164,14 @@ class Tracing:
         provider.add_span_processor(self._recorder)
         if exporter is not None:
             opts = dict(batch or {})
-            provider.add_span_processor(BatchSpanProcessor(
+            self._export_processor = BatchSpanProcessor(
                 exporter,
                 max_queue_size=opts.get("max_queue_size"),
                 schedule_delay_millis=opts.get("schedule_delay_millis"),
                 max_export_batch_size=opts.get("max_export_batch_size"),
                 export_timeout_millis=opts.get("export_timeout_millis"),
-            ))
+            )
+            provider.add_span_processor(self._export_processor)
         self._provider = provider
         self._tracer = provider.get_tracer(_SCOPE)
 
@@ -307,10 +311,11 @@ class Tracing:
     ) -> None:
         """Record the worker's `stoic.worker.execute` and `stoic.handler` spans of one
         attempt from the timing the worker reported, as children of `parent` (the span
-        whose context travelled to the worker), in the local recorder only: a worker that
-        exports sends its own spans (whose ids `timing` carries, so both views agree).
-        This is what lets `stoic trace` show the worker without a collector. `error`: the
-        handler's exception type, if it raised."""
+        whose context travelled to the worker): in the local recorder (so `stoic trace`
+        shows the worker) and, when exporting, in the export queue, with a resource that
+        says `stoic.role=worker`. The worker measured the times and, when exporting, chose
+        the ids (its handler's own spans are children of that handler span), so the worker
+        pays no span machinery per call. `error`: the handler's exception type, if any."""
         if self._disabled or self._shut:
             return
         pctx = parent.get_span_context()
@@ -324,15 +329,22 @@ class Tracing:
             pctx.trace_id, timing.execute_span_id or _new_span_id(), False, flags)
         handler_ctx = trace.SpanContext(
             pctx.trace_id, timing.handler_span_id or _new_span_id(), False, flags)
-        self._recorder.on_end(ReadableSpan(
+        execute = ReadableSpan(
             name="stoic.worker.execute", context=execute_ctx, parent=pctx,
             resource=self._worker_resource, attributes=attrs, kind=SpanKind.SERVER,
-            start_time=timing.execute_start, end_time=timing.execute_end))
-        self._recorder.on_end(ReadableSpan(
+            start_time=timing.execute_start, end_time=timing.execute_end,
+            instrumentation_scope=self._scope)
+        handler = ReadableSpan(
             name="stoic.handler", context=handler_ctx, parent=execute_ctx,
             resource=self._worker_resource, attributes=attrs,
             status=Status(StatusCode.ERROR, error) if error else Status(StatusCode.UNSET),
-            start_time=timing.handler_start, end_time=timing.handler_end))
+            start_time=timing.handler_start, end_time=timing.handler_end,
+            instrumentation_scope=self._scope)
+        self._recorder.on_end(execute)
+        self._recorder.on_end(handler)
+        if self._export_processor is not None:
+            self._export_processor.on_end(execute)
+            self._export_processor.on_end(handler)
 
     # --- lifecycle ---
 

@@ -15,11 +15,13 @@ import inspect
 import json
 import logging
 import os
+import random
 import signal
 import sys
+import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -130,15 +132,75 @@ def encode_result(value: Any) -> wire.ExecuteResult:
     return wire.ExecuteResult(payload=payload, content_type=wire.JSON)
 
 
+def _new_span_id() -> int:
+    return random.getrandbits(64) or 1
+
+
+class _LazyTracer:
+    """`ctx.tracer` in an exporting worker: the tracer provider is built on first use."""
+
+    def __init__(self, owner: UserSpans) -> None:
+        self._owner = owner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._owner.real_tracer(), name)
+
+
+class UserSpans:
+    """Tracing inside a worker whose spans are exported: the handler's span context is
+    made current around each attempt, and a tracer provider exists only once a handler
+    asks for `ctx.tracer` and uses it."""
+
+    def __init__(self, config: WorkerConfig) -> None:
+        self._config = config
+        self._lock = threading.Lock()  # sync handlers run in threads
+        self._tracing: Any = None
+        self.tracer = _LazyTracer(self)
+
+    def real_tracer(self) -> Any:
+        with self._lock:
+            if self._tracing is None:
+                from runtime._tracing import Tracing
+
+                self._tracing = Tracing.from_env(node_id=self._config.node_id,
+                                                 zone=self._config.zone, role="worker")
+            return self._tracing.tracer
+
+    def enter(self, trace_context: Mapping[str, str], handler_span_id: int) -> object | None:
+        """Make the handler's span (which the node records) current; a token for exit."""
+        from opentelemetry import context as context_api
+        from opentelemetry import trace
+
+        from runtime._tracing.propagation import to_context
+
+        parent = trace.get_current_span(to_context(trace_context)).get_span_context()
+        if not parent.is_valid:
+            return None
+        handler = trace.NonRecordingSpan(trace.SpanContext(
+            parent.trace_id, handler_span_id, False, parent.trace_flags))
+        return context_api.attach(trace.set_span_in_context(handler))
+
+    def exit(self, token: object) -> None:
+        from opentelemetry import context as context_api
+
+        context_api.detach(token)  # type: ignore[arg-type]
+
+    def shutdown(self, timeout: float) -> None:
+        with self._lock:
+            tracing = self._tracing
+        if tracing is not None:
+            tracing.shutdown(timeout)
+
+
 class Executor:
     """Runs attempts of one handler: async handlers on the event loop, sync handlers in
     worker threads; at most `concurrency` at a time either way."""
 
     def __init__(self, config: WorkerConfig, handler: Callable[..., Any],
-                 tracing: Any = None) -> None:
+                 user_spans: UserSpans | None = None) -> None:
         from runtime._state import FunctionState
 
-        self._tracing = tracing
+        self._spans = user_spans
         self._state = FunctionState(os.environ.get("STOIC_STORE_URL", ""), config.spec.name)
         self._config = config
         self._handler = handler
@@ -150,29 +212,23 @@ class Executor:
         self.idle.set()
 
     async def execute(self, request: wire.ExecuteRequest) -> wire.ExecuteResult:
+        """Run one attempt. The worker's own spans (`stoic.worker.execute` and
+        `stoic.handler`) are not built here: the result carries their timing and ids and
+        the node records and exports them, so tracing costs this process two random ids
+        per call. When spans are exported, the handler runs under its span's context, so
+        spans the handler makes through `ctx.tracer` are its children."""
         started = time.time_ns()
         handler_times = [started, started]
         execute_span_id = handler_span_id = 0
-        if self._tracing is None:
+        token = None
+        if self._spans is not None:
+            execute_span_id, handler_span_id = _new_span_id(), _new_span_id()
+            token = self._spans.enter(request.trace_context, handler_span_id)
+        try:
             result = await self._execute(request, handler_times)
-        else:
-            from opentelemetry.trace import SpanKind
-
-            from runtime._tracing import ATTR_ATTEMPT, ATTR_FUNCTION, ATTR_INVOCATION_ID
-
-            attrs = {ATTR_FUNCTION: self._config.spec.name,
-                     ATTR_INVOCATION_ID: request.invocation_id,
-                     ATTR_ATTEMPT: request.attempt, "process.pid": self._pid}
-            with self._tracing.start_span("stoic.worker.execute", parent=request.trace_context,
-                                          kind=SpanKind.SERVER, attributes=attrs) as outer:
-                with self._tracing.start_span("stoic.handler", attributes=attrs) as span:
-                    result = await self._execute(request, handler_times)
-                    if result.error is not None:
-                        from opentelemetry.trace import Status, StatusCode
-
-                        span.set_status(Status(StatusCode.ERROR, result.error.type))
-                execute_span_id = outer.get_span_context().span_id
-                handler_span_id = span.get_span_context().span_id
+        finally:
+            if token is not None:
+                self._spans.exit(token)  # type: ignore[union-attr]
         timing = wire.WorkerTiming(started, handler_times[0], handler_times[1], time.time_ns(),
                                    self._pid, execute_span_id, handler_span_id)
         return dataclasses.replace(result, timing=timing)
@@ -194,7 +250,7 @@ class Executor:
             function=cfg.spec.name, node_id=cfg.node_id, zone=cfg.zone,
             instance_id=cfg.instance_id, deadline=request.deadline,
             trace_context=request.trace_context,
-            tracer=self._tracing.tracer if self._tracing is not None else None,
+            tracer=self._spans.tracer if self._spans is not None else None,
             state=self._state,
         )
         times[0] = time.time_ns()
@@ -228,17 +284,17 @@ class Executor:
 async def _serve(config: WorkerConfig, handler: Callable[..., Any], ready_fd: int) -> None:
     import grpc.aio  # only here: no gRPC object exists before the fork
 
-    from runtime._tracing import Tracing
     from runtime._tracing.config import otlp_endpoint, sdk_disabled
 
     # Spans recorded only locally in a worker are never read (`stoic trace` asks the
-    # nodes), so without an exporter the worker has no tracer provider at all: tracing then
-    # costs nothing here, not even at start (a restart's time matters). With one, it is
-    # created after the fork, so the exporter's thread is ours.
-    tracing: Tracing | None = None
+    # nodes), and the node records and exports the worker's own spans from the timing each
+    # result carries. So a worker has a tracer provider only when spans are exported and a
+    # handler makes spans of its own (`ctx.tracer`), created on that first use, after the
+    # fork (the exporter's thread is then ours).
+    user_spans = None
     if otlp_endpoint(os.environ, "traces") is not None and not sdk_disabled(os.environ):
-        tracing = Tracing.from_env(node_id=config.node_id, zone=config.zone, role="worker")
-    executor = Executor(config, handler, tracing)
+        user_spans = UserSpans(config)
+    executor = Executor(config, handler, user_spans)
     server = grpc.aio.server(options=wire.channel_options())
     wire.add_worker_service(server, executor)
     try:
@@ -263,8 +319,8 @@ async def _serve(config: WorkerConfig, handler: Callable[..., Any], ready_fd: in
     logging.getLogger("grpc._cython.cygrpc").setLevel(logging.CRITICAL)
     with anyio.move_on_after(FLUSH_GRACE + 0.5):
         await server.stop(FLUSH_GRACE)
-    if tracing is not None:
-        await anyio.to_thread.run_sync(tracing.shutdown, 1.0)
+    if user_spans is not None:
+        await anyio.to_thread.run_sync(user_spans.shutdown, 1.0)
     _exit_now(0)
 
 

@@ -38,13 +38,21 @@ def _client_tracing(receiver: OtlpReceiver) -> Tracing:
 
 
 def _hosting_zone(client: Client, function: str) -> str:
+    """The one zone hosting `function` once placement has settled: every node is in the
+    status, the zone placement picks for that membership hosts it, and no other node
+    still does (a node that hosted it before all peers joined drains it for a while)."""
+    from supervisor._placement import Member, should_host
+
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        zones = {n.zone for n in client.status().nodes
-                 for p in n.pools if p.function == function and p.instances}
-        if len(zones) == 1:
-            return zones.pop()
-        time.sleep(0.05)
+        nodes = client.status().nodes
+        members = [Member(n.node_id, n.zone) for n in nodes if n.healthy]
+        expected = {m.zone for m in members if should_host(function, 1, m, members)}
+        hosting = {n.zone for n in nodes for p in n.pools if p.function == function
+                   and p.instances}
+        if len(members) == 3 and len(expected) == 1 and hosting == expected:
+            return expected.pop()
+        time.sleep(0.05)  # poll interval
     raise AssertionError(f"{function} not placed in exactly one zone")
 
 
