@@ -22,7 +22,7 @@ from opentelemetry import context as context_api
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider, sampling
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider, sampling
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
@@ -35,6 +35,7 @@ from runtime._tracing.config import (
     sampler_from_env,
     sdk_disabled,
 )
+from runtime._tracing.lean import LeanSpan
 from runtime._tracing.propagation import ParentLike, to_context
 from runtime._tracing.recorder import ATTR_INVOCATION_ID, LocalRecorder, SpanRecord
 
@@ -74,6 +75,10 @@ class WorkerTimingLike(Protocol):
     handler_span_id: int
 
 
+_SAMPLED = trace.TraceFlags(trace.TraceFlags.SAMPLED)
+_NOT_SAMPLED = trace.TraceFlags(trace.TraceFlags.DEFAULT)
+
+
 def _new_span_id() -> int:
     return random.getrandbits(64) or 1
 
@@ -81,12 +86,12 @@ def _new_span_id() -> int:
 class _SpanScope:
     """`Tracing.start_span`'s context manager: start, attach, detach, record, end."""
 
-    __slots__ = ("_tracer", "_name", "_ctx", "_kind", "_attributes", "_links", "_span",
+    __slots__ = ("_tracing", "_name", "_ctx", "_kind", "_attributes", "_links", "_span",
                  "_token")
 
-    def __init__(self, tracer: trace.Tracer, name: str, ctx: Context | None, kind: SpanKind,
+    def __init__(self, tracing: Tracing, name: str, ctx: Context | None, kind: SpanKind,
                  attributes: Attributes, links: Sequence[Link]) -> None:
-        self._tracer = tracer
+        self._tracing = tracing
         self._name = name
         self._ctx = ctx
         self._kind = kind
@@ -94,9 +99,8 @@ class _SpanScope:
         self._links = links
 
     def __enter__(self) -> trace.Span:
-        span = self._tracer.start_span(
-            self._name, context=self._ctx, kind=self._kind, attributes=self._attributes,
-            links=self._links, record_exception=False, set_status_on_exception=False)
+        span = self._tracing._new_span(self._name, self._ctx, self._kind, self._attributes,
+                                       self._links)
         self._span = span
         self._token = context_api.attach(trace.set_span_in_context(span))
         return span
@@ -132,8 +136,10 @@ class Tracing:
         recorder_capacity: int = 10_000,
         disabled: bool = False,
         batch: Mapping[str, int] | None = None,
+        export_processor: SpanProcessor | None = None,
     ) -> None:
         """Build from parts (tests, embedding). `exporter` None → no export, no thread.
+        `export_processor`: a ready-made export pipeline instead (e.g. a SpanShipper).
 
         `batch`: BatchSpanProcessor keyword arguments (max_queue_size, schedule_delay_millis,
         max_export_batch_size, export_timeout_millis). A full queue drops spans (bounded
@@ -144,10 +150,14 @@ class Tracing:
         self._resource = resource
         self._scope = InstrumentationScope(_SCOPE)
         self._worker_resource: Resource | None = None
-        self._export_processor: BatchSpanProcessor | None = None
+        self._export_processor: SpanProcessor | None = export_processor
         self._recorder = LocalRecorder(recorder_capacity)
         self._disabled = disabled
-        self._exporting = exporter is not None and not disabled
+        # Stoic's own spans are LeanSpans unless an SDK exporter was handed in (clients
+        # and tests that build their own pipeline), which then gets SDK spans.
+        self._lean = exporter is None and not disabled
+        self._sampler = sampler or sampling.ParentBased(sampling.ALWAYS_ON)
+        self._exporting = (exporter is not None or export_processor is not None) and not disabled
         self._provider: TracerProvider | None = None
         self._tracer: trace.Tracer
         self._shut = False
@@ -157,7 +167,7 @@ class Tracing:
         # shutdown_on_exit=False: no atexit hook keeping every provider alive; owners call
         # shutdown() (the Node's stop path, the worker before it exits).
         provider = TracerProvider(
-            sampler=sampler or sampling.ParentBased(sampling.ALWAYS_ON),
+            sampler=self._sampler,
             resource=resource,
             shutdown_on_exit=False,
         )
@@ -171,6 +181,7 @@ class Tracing:
                 max_export_batch_size=opts.get("max_export_batch_size"),
                 export_timeout_millis=opts.get("export_timeout_millis"),
             )
+        if self._export_processor is not None:
             provider.add_span_processor(self._export_processor)
         self._provider = provider
         self._tracer = provider.get_tracer(_SCOPE)
@@ -188,9 +199,11 @@ class Tracing:
     ) -> Tracing:
         """Configure from the standard OTEL_* variables (`environ`, default os.environ).
 
-        OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT set → OTLP/gRPC export in a BatchSpanProcessor
-        (OTEL_BSP_* tune it); unset → no exporter and no thread, spans only go to the local
-        recorder. OTEL_TRACES_SAMPLER(_ARG), OTEL_SDK_DISABLED, OTEL_SERVICE_NAME and
+        OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT set → OTLP/gRPC export in batches (OTEL_BSP_*
+        tune them): for a node (`role="node"`), by a SpanShipper, so that encoding happens
+        in a child process and not on the node's event loop; for others, by the SDK's
+        BatchSpanProcessor. Unset → no exporter, no thread and no process: spans only go
+        to the local recorder. OTEL_TRACES_SAMPLER(_ARG), OTEL_SDK_DISABLED, OTEL_SERVICE_NAME and
         OTEL_RESOURCE_ATTRIBUTES are honoured. Raises InvalidTelemetryConfig (a ValueError
         naming the variable) for values Stoic cannot use.
         """
@@ -202,6 +215,16 @@ class Tracing:
         sampler = sampler_from_env(env)
         endpoint = otlp_endpoint(env, "traces")
         exporter: SpanExporter | None = None
+        if endpoint is not None and role == "node":
+            from runtime._tracing.shipper import SpanShipper
+
+            opts = batch_options(env)
+            shipper = SpanShipper(
+                environ=env, max_queue_size=opts.get("max_queue_size"),
+                schedule_delay_millis=opts.get("schedule_delay_millis"),
+                max_export_batch_size=opts.get("max_export_batch_size"))
+            return cls(resource, sampler=sampler, recorder_capacity=recorder_capacity,
+                       export_processor=shipper)
         if endpoint is not None:
             # Imported only when exporting: the grpc exporter import is not free.
             from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
@@ -263,7 +286,36 @@ class Tracing:
         One plain context manager object rather than the SDK's three nested generator
         ones (start_as_current_span -> use_span): this is on every invocation's path.
         """
-        return _SpanScope(self._tracer, name, to_context(parent), kind, attributes, links)
+        return _SpanScope(self, name, to_context(parent), kind, attributes, links)
+
+    def _new_span(self, name: str, ctx: Context | None, kind: SpanKind,
+                  attributes: Attributes, links: Sequence[Link]) -> trace.Span:
+        if not self._lean:
+            return self._tracer.start_span(
+                name, context=ctx, kind=kind, attributes=attributes, links=links,
+                record_exception=False, set_status_on_exception=False)
+        parent = trace.get_current_span(ctx).get_span_context()
+        if parent.is_valid:
+            trace_id = parent.trace_id
+        else:
+            trace_id = random.getrandbits(128) or 1
+        sampled = self._sampler.should_sample(
+            ctx, trace_id, name, kind, attributes, links).decision.is_sampled()
+        span_ctx = trace.SpanContext(
+            trace_id, random.getrandbits(64) or 1, False,
+            _SAMPLED if sampled else _NOT_SAMPLED,
+            parent.trace_state if parent.is_valid else None)
+        if not sampled:
+            return trace.NonRecordingSpan(span_ctx)
+        return LeanSpan(name, span_ctx, parent if parent.is_valid else None, kind,
+                        attributes, links, self._resource, self._scope, self._sink)
+
+    def _sink(self, span: LeanSpan) -> None:
+        if self._shut:
+            return
+        self._recorder.on_end(span)  # type: ignore[arg-type]  # ReadableSpan's fields
+        if self._export_processor is not None:
+            self._export_processor.on_end(span)  # type: ignore[arg-type]
 
     def record_supervisor_event(
         self,
@@ -298,7 +350,7 @@ class Tracing:
         else:
             target_ctx = span
         links = [Link(target_ctx)] if target_ctx is not None and target_ctx.is_valid else []
-        with self._tracer.start_as_current_span(kind, attributes=attrs, links=links) as own:
+        with self.start_span(kind, attributes=attrs, links=links) as own:
             own.add_event(kind, attrs)
             return own.get_span_context()
 

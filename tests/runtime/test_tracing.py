@@ -30,6 +30,7 @@ from runtime import (
     inject,
     render_tree,
 )
+from runtime._tracing.shipper import SpanShipper
 from tests.fixtures import otlp
 from tests.fixtures.otlp import OtlpReceiver
 
@@ -222,10 +223,37 @@ def test_no_endpoint_means_no_exporter_thread_and_a_bounded_recorder() -> None:
 
 
 def test_exporter_thread_exists_only_while_exporting(otlp_receiver: OtlpReceiver) -> None:
-    tracing = Tracing.from_env(environ=_env(otlp_receiver))
+    tracing = Tracing.from_env(environ=_env(otlp_receiver), role="client")
     assert "OtelBatchSpanRecordProcessor" in _otel_threads()
     assert tracing.shutdown(timeout=5.0)
     assert "OtelBatchSpanRecordProcessor" not in _otel_threads()
+
+
+def test_a_node_ships_spans_to_an_exporter_process(otlp_receiver: OtlpReceiver) -> None:
+    """A node encodes nothing itself: its spans go to a child process that exports them;
+    the thread and the process exist only while exporting."""
+    tracing = Tracing.from_env(environ=_env(otlp_receiver), node_id="n1", zone="z",
+                               role="node")
+    shipper = tracing._export_processor
+    assert isinstance(shipper, SpanShipper) and shipper.pid is not None
+    child = shipper.pid
+    assert "stoic-span-shipper" in {t.name for t in threading.enumerate()}
+    with tracing.start_span("outer", attributes={ATTR_INVOCATION_ID: "ship-1"}) as outer:
+        outer.add_event("hello", {"k": 1})
+        with tracing.start_span("inner"):
+            pass
+    assert tracing.force_flush(10.0)
+    got = otlp_receiver.wait_for(
+        lambda spans: {"outer", "inner"} <= {s.name for s in spans}, timeout=10)
+    outer_rx = next(s for s in got if s.name == "outer")
+    inner_rx = next(s for s in got if s.name == "inner")
+    assert inner_rx.parent_id == outer_rx.span_id and inner_rx.trace_id == outer_rx.trace_id
+    assert outer_rx.resource.get("service.instance.id") == "n1"
+    assert [e.name for e in outer_rx.events] == ["hello"]
+    assert tracing.shutdown(timeout=5.0)
+    assert "stoic-span-shipper" not in {t.name for t in threading.enumerate()}
+    with pytest.raises(ProcessLookupError):
+        os.kill(child, 0)
 
 
 def test_sdk_disabled_records_nothing() -> None:
@@ -238,9 +266,8 @@ def test_sdk_disabled_records_nothing() -> None:
 
 
 def test_recorder_evicts_oldest_across_shared_traces() -> None:
-    recorder = LocalRecorder(capacity=3)
-    tracing = Tracing.from_env(environ={})
-    tracing._provider.add_span_processor(recorder)  # type: ignore[union-attr]
+    tracing = Tracing.from_env(environ={}, recorder_capacity=3)
+    recorder = tracing.recorder
     with tracing.start_span("a", attributes={ATTR_INVOCATION_ID: "one"}):
         with tracing.start_span("a1"):
             pass
