@@ -9,7 +9,6 @@ union of records gathered from several nodes.
 from __future__ import annotations
 
 import collections
-import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -160,23 +159,19 @@ class SpanRecord:
 
 
 class LocalRecorder(SpanProcessor):
-    """A SpanProcessor keeping the last `capacity` finished spans, indexed for look-up.
+    """A SpanProcessor keeping the last `capacity` finished spans.
 
-    Memory is bounded: when full, the oldest span is dropped together with its index
-    entries. `on_end` only appends the SDK's own immutable ReadableSpan under a lock;
-    conversion to `SpanRecord` happens when someone asks. Thread-safe (gRPC server threads,
-    the event loop and exporter threads may all end spans).
+    Memory is bounded: when full, the oldest span drops out. `on_end` is one append to a
+    bounded deque (atomic in CPython, so safe from any thread, and about the cheapest
+    thing that can run on every span); the look-ups (`stoic trace`, rare) scan the
+    deque and convert to `SpanRecord`s then.
     """
 
     def __init__(self, capacity: int = 10_000) -> None:
         if capacity < 1:
             raise ValueError(f"LocalRecorder capacity must be >= 1, got {capacity!r}")
         self._capacity = capacity
-        self._lock = threading.Lock()
-        self._spans: collections.deque[ReadableSpan] = collections.deque()
-        self._by_trace: dict[int, collections.deque[ReadableSpan]] = {}
-        self._by_invocation: dict[str, set[int]] = {}
-        self._invocations_of_trace: dict[int, set[str]] = {}
+        self._spans: collections.deque[ReadableSpan] = collections.deque(maxlen=capacity)
 
     @property
     def capacity(self) -> int:
@@ -191,41 +186,8 @@ class LocalRecorder(SpanProcessor):
         pass
 
     def on_end(self, span: ReadableSpan) -> None:
-        ctx = span.context
-        if ctx is None:
-            return
-        attrs = span.attributes
-        invocation = attrs.get(ATTR_INVOCATION_ID) if attrs else None
-        with self._lock:
-            if len(self._spans) >= self._capacity:
-                self._evict(self._spans.popleft())
+        if span.context is not None:
             self._spans.append(span)
-            bucket = self._by_trace.get(ctx.trace_id)
-            if bucket is None:
-                bucket = self._by_trace[ctx.trace_id] = collections.deque()
-            bucket.append(span)
-            if isinstance(invocation, str):
-                self._by_invocation.setdefault(invocation, set()).add(ctx.trace_id)
-                self._invocations_of_trace.setdefault(ctx.trace_id, set()).add(invocation)
-
-    def _evict(self, old: ReadableSpan) -> None:
-        trace_id = old.context.trace_id if old.context else 0
-        bucket = self._by_trace.get(trace_id)
-        if bucket is None:
-            return
-        # Both deques are in end order, so the globally oldest span is its trace's oldest.
-        if bucket and bucket[0] is old:
-            bucket.popleft()
-        else:
-            bucket.remove(old)
-        if not bucket:
-            del self._by_trace[trace_id]
-            for inv in self._invocations_of_trace.pop(trace_id, ()):
-                traces = self._by_invocation.get(inv)
-                if traces is not None:
-                    traces.discard(trace_id)
-                    if not traces:
-                        del self._by_invocation[inv]
 
     def shutdown(self) -> None:
         pass
@@ -235,11 +197,18 @@ class LocalRecorder(SpanProcessor):
 
     # --- queries ---
 
+    def _snapshot(self) -> list[ReadableSpan]:
+        for _ in range(100):  # a writer appending meanwhile makes list() raise; retry
+            try:
+                return list(self._spans)
+            except RuntimeError:
+                continue
+        return []
+
     def spans_for_trace(self, trace_id: str | int) -> list[SpanRecord]:
         """All recorded spans of one trace (hex string or int id), ordered by start time."""
         tid = int(trace_id, 16) if isinstance(trace_id, str) else trace_id
-        with self._lock:
-            spans = list(self._by_trace.get(tid, ()))
+        spans = [s for s in self._snapshot() if s.context is not None and s.context.trace_id == tid]
         return sorted((SpanRecord.from_span(s) for s in spans), key=lambda r: r.start)
 
     def spans_for_invocation(self, invocation_id: str) -> list[SpanRecord]:
@@ -247,17 +216,14 @@ class LocalRecorder(SpanProcessor):
         `stoic.invocation_id == invocation_id` (so child spans without the attribute —
         handler, store calls — and linked supervisor spans tagged with it are included).
         Ordered by start time; `[]` if nothing is known here."""
-        with self._lock:
-            traces = sorted(self._by_invocation.get(invocation_id, ()))
-            spans = [s for t in traces for s in self._by_trace.get(t, ())]
-        return sorted((SpanRecord.from_span(s) for s in spans), key=lambda r: r.start)
+        spans = self._snapshot()
+        traces = {s.context.trace_id for s in spans if s.context is not None and s.attributes
+                  and s.attributes.get(ATTR_INVOCATION_ID) == invocation_id}
+        found = [s for s in spans if s.context is not None and s.context.trace_id in traces]
+        return sorted((SpanRecord.from_span(s) for s in found), key=lambda r: r.start)
 
     def clear(self) -> None:
-        with self._lock:
-            self._spans.clear()
-            self._by_trace.clear()
-            self._by_invocation.clear()
-            self._invocations_of_trace.clear()
+        self._spans.clear()
 
 
 def _label(record: SpanRecord) -> str:

@@ -75,6 +75,13 @@ class WorkerTimingLike(Protocol):
     handler_span_id: int
 
 
+def _is_parentbased_always_on(sampler: sampling.Sampler) -> bool:
+    """True for the default sampler (whose decision needs no call)."""
+    return (isinstance(sampler, sampling.ParentBased)
+            and sampler.get_description() == sampling.ParentBased(
+                sampling.ALWAYS_ON).get_description())
+
+
 _SAMPLED = trace.TraceFlags(trace.TraceFlags.SAMPLED)
 _NOT_SAMPLED = trace.TraceFlags(trace.TraceFlags.DEFAULT)
 
@@ -157,6 +164,7 @@ class Tracing:
         # and tests that build their own pipeline), which then gets SDK spans.
         self._lean = exporter is None and not disabled
         self._sampler = sampler or sampling.ParentBased(sampling.ALWAYS_ON)
+        self._default_sampler = _is_parentbased_always_on(self._sampler)
         self._exporting = (exporter is not None or export_processor is not None) and not disabled
         self._provider: TracerProvider | None = None
         self._tracer: trace.Tracer
@@ -299,8 +307,11 @@ class Tracing:
             trace_id = parent.trace_id
         else:
             trace_id = random.getrandbits(128) or 1
-        sampled = self._sampler.should_sample(
-            ctx, trace_id, name, kind, attributes, links).decision.is_sampled()
+        if self._default_sampler:  # parentbased_always_on: follow the parent, else sample
+            sampled = parent.trace_flags.sampled if parent.is_valid else True
+        else:
+            sampled = self._sampler.should_sample(
+                ctx, trace_id, name, kind, attributes, links).decision.is_sampled()
         span_ctx = trace.SpanContext(
             trace_id, random.getrandbits(64) or 1, False,
             _SAMPLED if sampled else _NOT_SAMPLED,
