@@ -179,7 +179,7 @@ def bench_cold_start(args: argparse.Namespace) -> dict[str, Any]:
     samples: list[float] = []
     with cluster(zones=("a",)) as c, Client(c.addresses) as client, \
             tempfile.TemporaryDirectory(prefix="stoic-cold-") as tmp:
-        for i in range(args.count):
+        for i in range(args.functions):
             name = f"cold_{os.getpid()}_{i}"
             path = Path(tmp) / f"{name}.py"
             path.write_text(
@@ -500,6 +500,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--kills", type=int, default=50)
     p.add_argument("--clients", type=int, default=6)
     p.add_argument("--seconds", type=float, default=8.0)
+    p.add_argument("--functions", type=int, default=20,
+                   help="functions deployed by `cold-start` (each keeps an instance)")
     p.add_argument("--rounds", type=int, default=3,
                    help="interleaved rounds for `tracing` (median reported)")
     p.add_argument("--redis", default="", help="also run async against this Redis URL")
