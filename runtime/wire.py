@@ -66,6 +66,7 @@ __all__ = [
     "ExecuteRequest",
     "ExecuteResult",
     "WorkerTiming",
+    "AssignRefused",
     "FunctionErrorInfo",
     "FunctionSpec",
     "InstanceStatus",
@@ -861,6 +862,16 @@ class WorkerHandler(Protocol):
     async def execute(self, request: ExecuteRequest) -> ExecuteResult: ...
 
 
+class AssignRefused(Exception):
+    """Raised by a worker handler's `assign` when it cannot take the assignment:
+    `precondition` True when it already runs a function (FAILED_PRECONDITION), False when
+    the function cannot be loaded (INVALID_ARGUMENT)."""
+
+    def __init__(self, message: str, *, precondition: bool = False) -> None:
+        super().__init__(message)
+        self.precondition = precondition
+
+
 class _InvokerServicer(invoker_pb2_grpc.InvokerServicer):
     def __init__(self, handler: InvokerHandler, max_payload_bytes: int) -> None:
         self._handler = handler
@@ -1002,6 +1013,20 @@ class _WorkerServicer(worker_pb2_grpc.WorkerServicer):
 
     async def Ping(self, request: Any, context: Any) -> Any:
         return worker_pb2.PingResponse(pid=os.getpid(), in_flight=self.in_flight)
+
+    async def Assign(self, request: Any, context: Any) -> Any:
+        assign = getattr(self._handler, "assign", None)
+        if assign is None:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                "this worker already runs a function")
+            raise AssertionError("unreachable: abort raises")
+        try:
+            pid = await assign(request.config_json)
+        except AssignRefused as exc:
+            code = (grpc.StatusCode.FAILED_PRECONDITION if exc.precondition
+                    else grpc.StatusCode.INVALID_ARGUMENT)
+            await context.abort(code, str(exc))
+        return worker_pb2.AssignResponse(pid=pid)
 
 
 def add_invoker_service(
@@ -1433,6 +1458,20 @@ class WorkerStreamClient:
                 f"worker {self.name} ping failed: {exc.code().name}: {exc.details()}"
             ) from exc
         return PingResult.from_proto(msg)
+
+    async def assign(self, config_json: str) -> int:
+        """Give a spare worker its function (`Assign`); its pid. Bound it with the caller's
+        scope. Raises InstanceCrashed naming why the worker refused or could not answer."""
+        if self._stub is None:
+            raise InstanceCrashed(f"worker {self.name} is not connected")
+        try:
+            msg = await _unary(self._stub.Assign(
+                worker_pb2.AssignRequest(config_json=config_json), timeout=_scope_timeout()))
+        except grpc.aio.AioRpcError as exc:
+            raise InstanceCrashed(
+                f"worker {self.name} assign failed: {exc.code().name}: {exc.details()}"
+            ) from exc
+        return int(msg.pid)
 
     async def aclose(self) -> None:
         """Close the stream: `run` returns and waiters get InstanceCrashed. Idempotent."""

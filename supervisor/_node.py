@@ -735,6 +735,8 @@ async def _serve_until_signalled(config: NodeConfig) -> None:
 
             def spawner_factory(spec: wire.FunctionSpec) -> Any:
                 fspec = function_spec_from_wire(spec)
+                # the template imports the app once: later forks and spares have it
+                forks.preload_soon(fspec.app)
 
                 async def spawn(instance_id: str) -> Any:
                     return await forks.spawn(fspec, node_id=config.node_id, zone=config.zone,

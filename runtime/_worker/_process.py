@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -34,7 +35,7 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 from runtime import wire
 from runtime._child import ExitReason
 from runtime._errors import InstanceCrashed, InvocationTimeout
-from runtime._function import FunctionSpec
+from runtime._function import FunctionConfig, FunctionSpec
 from runtime._worker._limits import (
     EXIT_INTERNAL,
     EXIT_MEMORY,
@@ -276,6 +277,14 @@ class WorkerProcess:
                 f"instance {self.name} died during invocation {request.invocation_id}: "
                 f"{reason}") from exc
 
+    async def assign(self, spec: FunctionSpec, instance_id: str, config_json: str) -> None:
+        """Make this spare an instance of `spec` (see `ForkServer.spawn`). Bound it with the
+        caller's scope. Raises InstanceCrashed naming why it did not take it."""
+        await self._client.assign(config_json)
+        self.spec = spec
+        self.instance_id = instance_id
+        self._client.name = self.name
+
     async def ping(self) -> wire.PingResult:
         """Check the worker answers. Bound it with the caller's scope (`fail_after`):
         raises TimeoutError (InvocationTimeout) when it does not answer in time (e.g. the
@@ -303,6 +312,7 @@ class ForkServer:
         *,
         python: str = sys.executable,
         start_timeout: float = DEFAULT_START_TIMEOUT,
+        spare: bool = True,
     ) -> None:
         self.socket_dir = socket_dir
         self.python = python
@@ -319,6 +329,11 @@ class ForkServer:
         self._write_lock = anyio.Lock()
         self.workers: set[WorkerProcess] = set()
         self._closing = False
+        self.spare_enabled = spare
+        self._preloaded: set[str] = set()
+        self._spare: WorkerProcess | None = None
+        self._spare_taken = anyio.Event()
+        self.spares_used = 0  # spawns served by a spare (for tests and figures)
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -330,19 +345,26 @@ class ForkServer:
         preload: Sequence[str] = (),
         start_timeout: float = DEFAULT_START_TIMEOUT,
         python: str = sys.executable,
+        spare: bool = True,
     ) -> AsyncIterator[ForkServer]:
         """Start a fork server (its template unless `use_template=False`; if the template
         fails to start, spawns fall back to fresh interpreters). `socket_dir` holds the
         workers' Unix sockets (a private temporary directory if None, removed on exit).
-        `preload` apps are imported by the template so forked workers find them cached."""
+        `preload` apps are imported by the template so forked workers find them cached.
+        `spare`: keep one started worker without a function, forked in the background,
+        which the next `spawn` takes instead of forking (a restart or a cold start then
+        costs no fork and no server start). One more process per node."""
         own_dir = socket_dir is None
         directory = tempfile.mkdtemp(prefix="stoic-w-") if socket_dir is None else socket_dir
         try:
             async with anyio.create_task_group() as tg:
-                server = cls(directory, tg, python=python, start_timeout=start_timeout)
+                server = cls(directory, tg, python=python, start_timeout=start_timeout,
+                             spare=spare)
                 try:
                     if use_template:
                         await server._start_template(preload)
+                        if spare and server._template_alive:
+                            tg.start_soon(server._spare_loop)
                     yield server
                 finally:
                     with anyio.CancelScope(shield=True):
@@ -391,6 +413,20 @@ class ForkServer:
         self._template_alive = True
         self._tg.start_soon(self._read_template, reader)
 
+    def preload_soon(self, app: str) -> None:
+        """Have the template import `app` (in the background), so that workers forked
+        from then on (spares included) start with it imported. Once per app."""
+        if not self._template_alive or app in self._preloaded:
+            return
+        self._preloaded.add(app)
+
+        async def send() -> None:
+            with contextlib.suppress(OSError, anyio.BrokenResourceError,
+                                     anyio.ClosedResourceError):
+                await self._send({"op": "preload", "apps": [app]})
+
+        self._tg.start_soon(send)
+
     async def _send(self, msg: dict[str, Any]) -> None:
         if self._template is None or self._template.stdin is None:
             raise BrokenPipeError("no template")
@@ -425,6 +461,9 @@ class ForkServer:
                         self._early_ready.add(int(msg["pid"]))
                 elif op == "exit":
                     self._on_exit(int(msg["pid"]), msg.get("code"), msg.get("signal"))
+                elif op == "preloaded":
+                    for app, error in (msg.get("errors") or {}).items():
+                        log.warning("template could not preload %s: %s", app, error)
         finally:
             self._template_alive = False
             if not self._closing:
@@ -484,6 +523,23 @@ class ForkServer:
         config = WorkerConfig(
             spec=spec, socket=socket, error_file=os.path.join(self.socket_dir, f"w{ref}.err"),
             parent_pid=os.getpid(), node_id=node_id, zone=zone, instance_id=instance_id)
+        spare = self._take_spare()
+        if spare is not None:
+            assigned = dataclasses.replace(
+                config, socket=spare.socket, error_file=spare._error_file)
+            try:
+                with anyio.fail_after(self.start_timeout):
+                    await spare.assign(spec, instance_id, assigned.to_json())
+                self.spares_used += 1
+                if spare.exit_reason is None:
+                    self.workers.add(spare)
+                return spare
+            except (InstanceCrashed, TimeoutError) as exc:
+                # e.g. the app fails to import: the fork path below reports that properly
+                log.info("spare %s could not take %s (%s); forking", spare.name, spec.name, exc)
+                spare.kill()
+            finally:
+                self._spare_taken.set()  # fork the next spare now
         worker: WorkerProcess | None = None
         try:
             if self._template_alive:
@@ -559,9 +615,80 @@ class ForkServer:
         self._tg.start_soon(reap)
         return worker
 
+    # --- the spare -----------------------------------------------------------------------
+    def _take_spare(self) -> WorkerProcess | None:
+        """The started spare, if any (the caller sets `_spare_taken` when done with it,
+        so that the replacement is not forked while the assignment is on its way)."""
+        spare, self._spare = self._spare, None
+        if spare is None:
+            return None
+        if spare.exit_reason is not None:
+            self._spare_taken.set()
+            return None
+        return spare
+
+    async def _spare_loop(self) -> None:
+        """Keep one spare started while the template lives. A spare that fails to start
+        (or dies waiting) is replaced after a backoff that grows to 10 s."""
+        backoff = 0.5
+        while self._template_alive and not self._closing:
+            if self._spare is None:
+                try:
+                    spare = await self._start_spare()
+                except (InstanceCrashed, OSError) as exc:
+                    log.info("spare worker did not start: %s", exc)
+                    await anyio.sleep(backoff)
+                    backoff = min(backoff * 2, 10.0)
+                    continue
+                if spare is None:  # the template is gone
+                    return
+                backoff = 0.5
+                self._spare = spare
+                self._spare_taken = anyio.Event()
+            spare_now = self._spare
+            if spare_now is None:
+                continue
+            # wait until it is taken or dies
+            async with anyio.create_task_group() as tg:
+
+                async def on_exit(w: WorkerProcess = spare_now) -> None:
+                    await w._exited.wait()
+                    tg.cancel_scope.cancel()
+
+                tg.start_soon(on_exit)
+                await self._spare_taken.wait()
+                tg.cancel_scope.cancel()
+            if self._spare is spare_now and spare_now.exit_reason is not None:
+                self._spare = None
+
+    async def _start_spare(self) -> WorkerProcess | None:
+        self._refs += 1
+        ref = self._refs
+        config = WorkerConfig(
+            spec=_SPARE_SPEC, socket=os.path.join(self.socket_dir, f"w{ref}.sock"),
+            error_file=os.path.join(self.socket_dir, f"w{ref}.err"), parent_pid=os.getpid(),
+            instance_id=f"spare-{ref}", spare=True)
+        worker = await self._spawn_forked(ref, config)
+        if worker is None:
+            return None
+        self.workers.discard(worker)  # `workers` are function instances: not a spare yet
+        try:
+            with anyio.fail_after(self.start_timeout):
+                await worker._start(self._tg)
+        except TimeoutError:
+            raise await worker._start_failed(f"not ready within {self.start_timeout}s") from None
+        except BaseException:
+            worker.kill()
+            raise
+        return worker
+
     # --- shutdown ------------------------------------------------------------------------
     async def _shutdown(self) -> None:
         self._closing = True
+        spare, self._spare = self._spare, None
+        if spare is not None:
+            spare.kill()
+            self.workers.add(spare)  # so that we wait for it below
         for worker in list(self.workers):
             worker.kill()
         with anyio.move_on_after(5.0):
@@ -579,6 +706,9 @@ class ForkServer:
                 template.kill()
                 await template.wait()
             self._template_alive = False
+
+
+_SPARE_SPEC = FunctionSpec(FunctionConfig(name="spare"), "", "")
 
 
 def _pid_alive(pid: int) -> bool:

@@ -62,12 +62,13 @@ class WorkerConfig:
     node_id: str = ""
     zone: str = ""
     instance_id: str = ""
+    spare: bool = False  # a spare runs no function until the node assigns one
 
     def to_json(self) -> str:
         return json.dumps({
             "spec": self.spec.to_json(), "socket": self.socket, "error_file": self.error_file,
             "parent_pid": self.parent_pid, "node_id": self.node_id, "zone": self.zone,
-            "instance_id": self.instance_id,
+            "instance_id": self.instance_id, "spare": self.spare,
         })
 
     @classmethod
@@ -78,6 +79,7 @@ class WorkerConfig:
             error_file=str(data["error_file"]), parent_pid=int(data["parent_pid"]),
             node_id=str(data.get("node_id", "")), zone=str(data.get("zone", "")),
             instance_id=str(data.get("instance_id", "")),
+            spare=bool(data.get("spare", False)),
         )
 
 
@@ -192,6 +194,58 @@ class UserSpans:
             tracing.shutdown(timeout)
 
 
+def _log_format(config: WorkerConfig) -> str:
+    name = "(spare)" if config.spare else config.spec.name
+    return f"%(asctime)s worker {name}[{os.getpid()}] %(name)s %(levelname)s %(message)s"
+
+
+class SpareHandler:
+    """The Worker service's handler in a spare: a started worker (event loop, gRPC server,
+    the node's stream connected) that runs no function until `assign` gives it one. Taking
+    a spare instead of forking is what makes a restart or a cold start fast: what is left
+    is loading the handler (already imported by the template) and an Executor."""
+
+    def __init__(self, exporting: bool) -> None:
+        self._exporting = exporting
+        self._executor: Executor | None = None
+        self._idle = anyio.Event()
+        self._idle.set()
+        self.user_spans: UserSpans | None = None
+
+    @property
+    def idle(self) -> anyio.Event:
+        return self._executor.idle if self._executor is not None else self._idle
+
+    async def execute(self, request: wire.ExecuteRequest) -> wire.ExecuteResult:
+        if self._executor is None:
+            return wire.ExecuteResult(error=wire.FunctionErrorInfo(
+                "NotAssigned", "this spare worker has not been given a function", ""))
+        return await self._executor.execute(request)
+
+    async def assign(self, config_json: str) -> int:
+        """Become an instance of the function in `config_json` (a WorkerConfig); our pid.
+        Raises AssignRefused if already assigned or if the function cannot be loaded."""
+        if self._executor is not None:
+            raise wire.AssignRefused("this worker already runs a function", precondition=True)
+        try:
+            config = WorkerConfig.from_json(config_json)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise wire.AssignRefused(f"bad worker config: {exc}") from exc
+        try:
+            handler = resolve_handler(config.spec)
+        except MemoryError:
+            _exit_now(EXIT_MEMORY)
+        except BaseException as exc:  # the user's module may raise anything on import
+            last = traceback.format_exception_only(type(exc), exc)[-1].strip()
+            raise wire.AssignRefused(f"importing {config.spec.app} failed: {last}") from None
+        set_memory_limit(config.spec.config.memory_mb, config.spec.config.concurrency)
+        self.user_spans = UserSpans(config) if self._exporting else None
+        self._executor = Executor(config, handler, self.user_spans)
+        for h in logging.getLogger().handlers:
+            h.setFormatter(logging.Formatter(_log_format(config)))
+        return os.getpid()
+
+
 class Executor:
     """Runs attempts of one handler: async handlers on the event loop, sync handlers in
     worker threads; at most `concurrency` at a time either way."""
@@ -201,6 +255,7 @@ class Executor:
         from runtime._state import FunctionState
 
         self._spans = user_spans
+        self.user_spans = user_spans
         self._state = FunctionState(os.environ.get("STOIC_STORE_URL", ""), config.spec.name)
         self._config = config
         self._handler = handler
@@ -281,7 +336,8 @@ class Executor:
                 self.idle.set()
 
 
-async def _serve(config: WorkerConfig, handler: Callable[..., Any], ready_fd: int) -> None:
+async def _serve(config: WorkerConfig, handler: Callable[..., Any] | None, ready_fd: int) -> None:
+    """Serve stoic.v1.Worker; `handler` None: as a spare, until a function is assigned."""
     import grpc.aio  # only here: no gRPC object exists before the fork
 
     from runtime._tracing.config import otlp_endpoint, sdk_disabled
@@ -291,12 +347,14 @@ async def _serve(config: WorkerConfig, handler: Callable[..., Any], ready_fd: in
     # result carries. So a worker has a tracer provider only when spans are exported and a
     # handler makes spans of its own (`ctx.tracer`), created on that first use, after the
     # fork (the exporter's thread is then ours).
-    user_spans = None
-    if otlp_endpoint(os.environ, "traces") is not None and not sdk_disabled(os.environ):
-        user_spans = UserSpans(config)
-    executor = Executor(config, handler, user_spans)
+    exporting = otlp_endpoint(os.environ, "traces") is not None and not sdk_disabled(os.environ)
+    target: Executor | SpareHandler
+    if handler is None:
+        target = SpareHandler(exporting)
+    else:
+        target = Executor(config, handler, UserSpans(config) if exporting else None)
     server = grpc.aio.server(options=wire.channel_options())
-    wire.add_worker_service(server, executor)
+    wire.add_worker_service(server, target)
     try:
         os.unlink(config.socket)
     except FileNotFoundError:
@@ -315,12 +373,12 @@ async def _serve(config: WorkerConfig, handler: Callable[..., Any], ready_fd: in
     # short grace so that their results, already handed to gRPC, reach the node; it then
     # cancels the (never-ending) Execute stream, which gRPC would log as an error.
     with anyio.move_on_after(STOP_GRACE):
-        await executor.idle.wait()
+        await target.idle.wait()
     logging.getLogger("grpc._cython.cygrpc").setLevel(logging.CRITICAL)
     with anyio.move_on_after(FLUSH_GRACE + 0.5):
         await server.stop(FLUSH_GRACE)
-    if user_spans is not None:
-        await anyio.to_thread.run_sync(user_spans.shutdown, 1.0)
+    if target.user_spans is not None:
+        await anyio.to_thread.run_sync(target.user_spans.shutdown, 1.0)
     _exit_now(0)
 
 
@@ -340,12 +398,12 @@ def run_worker(config: WorkerConfig) -> NoReturn:
         os.dup2(2, 1)  # stdout belongs to the fork server's protocol: prints go to stderr
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the node's to handle
         die_with_parent(config.parent_pid)
-        logging.basicConfig(
-            level=os.environ.get("STOIC_LOG_LEVEL", "INFO"),
-            format=f"%(asctime)s worker {config.spec.name}[{os.getpid()}] "
-                   "%(name)s %(levelname)s %(message)s",
-        )
+        logging.basicConfig(level=os.environ.get("STOIC_LOG_LEVEL", "INFO"),
+                            format=_log_format(config))
         limit_malloc_arenas()
+        if config.spare:
+            anyio.run(_serve, config, None, ready_fd, backend="asyncio")
+            _exit_now(0)
         set_memory_limit(config.spec.config.memory_mb, config.spec.config.concurrency)
         try:
             handler = resolve_handler(config.spec)

@@ -388,3 +388,47 @@ async def test_measure_spawn_and_warm_latency(
               f"{statistics.median(spawns) * 1000:.1f} ms (n={len(spawns)}); warm execute "
               f"p50 {q[49] * 1e6:.0f} us p99 {q[98] * 1e6:.0f} us (n={calls})")
         assert statistics.median(latencies) < 0.05
+
+
+async def test_a_spawn_takes_the_started_spare_and_a_new_one_is_forked(
+    specs: dict[str, FunctionSpec],
+) -> None:
+    """The fork server keeps one started worker without a function; `spawn` assigns it
+    (no fork, no server start on that path) and forks the next spare in the background.
+    A spare that cannot load the function is killed and the fork path reports why."""
+    async with ForkServer.open(preload=[str(EXAMPLES / "hello.py")]) as forks:
+        await poll_until(lambda: forks._spare is not None, within=10)
+        spare = forks._spare
+        assert spare is not None and not forks.workers  # a spare is no instance yet
+        who = await forks.spawn(specs["whoami"], node_id="n1", zone="a", instance_id="w-9")
+        assert who is spare and forks.spares_used == 1 and forks.workers == {who}
+        assert who.name == f"whoami/w-9[{who.pid}]"
+        me = value(await who.execute(req("whoami", invocation_id="x")))
+        assert me == {"node": "n1", "zone": "a", "instance": "w-9", "pid": who.pid,
+                      "invocation_id": "x", "attempt": 1}
+        # its memory limit is the function's (RLIMIT_AS, set on assignment)
+        line = next(x for x in proc_file(who.pid, "limits").splitlines()
+                    if x.startswith("Max address space"))
+        cfg = specs["whoami"].config
+        assert int(line.split()[3]) == address_space_limit(cfg.memory_mb, cfg.concurrency)
+        await poll_until(lambda: forks._spare is not None and forks._spare is not who,
+                         within=10)
+        second = forks._spare
+        assert second is not None
+        broken = FunctionSpec.from_json({
+            "config": {"name": "broken_import", "timeout": 1.0},
+            "app": str(EXAMPLES / "broken.py"), "handler_name": "broken_import"})
+        with anyio.fail_after(10), pytest.raises(WorkerStartFailed) as info:
+            await forks.spawn(broken)
+        assert "RuntimeError: examples/broken.py fails on import" in str(info.value)
+        await wait_gone([second.pid])
+        assert forks.spares_used == 1
+        # a spare killed while it waits is replaced
+        await poll_until(lambda: forks._spare is not None and forks._spare is not second,
+                         within=10)
+        third = forks._spare
+        assert third is not None
+        os.kill(third.pid, signal.SIGKILL)
+        await poll_until(lambda: forks._spare is not None and forks._spare is not third,
+                         within=10)
+        assert forks.spares_used == 1 and forks.workers == {who}

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from runtime._proto.stoic.v1 import invoker_pb2 as stoic_dot_v1_dot_invoker__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15stoic/v1/worker.proto\x12\x08stoic.v1\x1a\x16stoic/v1/invoker.proto\"\x88\x02\n\x0e\x45xecuteRequest\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x15\n\rinvocation_id\x18\x02 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\x05\x12\x10\n\x08\x66unction\x18\x04 \x01(\t\x12\x0f\n\x07payload\x18\x05 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x06 \x01(\t\x12\x10\n\x08\x64\x65\x61\x64line\x18\x07 \x01(\x01\x12\x41\n\rtrace_context\x18\x08 \x03(\x0b\x32*.stoic.v1.ExecuteRequest.TraceContextEntry\x1a\x33\n\x11TraceContextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x95\x01\n\x0f\x45xecuteResponse\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x03 \x01(\t\x12&\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x17.stoic.v1.FunctionError\x12&\n\x06timing\x18\x05 \x01(\x0b\x32\x16.stoic.v1.WorkerTiming\"\xcd\x01\n\x0cWorkerTiming\x12\x1f\n\x17\x65xecute_start_unix_nano\x18\x01 \x01(\x03\x12\x1f\n\x17handler_start_unix_nano\x18\x02 \x01(\x03\x12\x1d\n\x15handler_end_unix_nano\x18\x03 \x01(\x03\x12\x1d\n\x15\x65xecute_end_unix_nano\x18\x04 \x01(\x03\x12\x0b\n\x03pid\x18\x05 \x01(\x05\x12\x17\n\x0f\x65xecute_span_id\x18\x06 \x01(\x06\x12\x17\n\x0fhandler_span_id\x18\x07 \x01(\x06\":\n\x0c\x45xecuteBatch\x12*\n\x08requests\x18\x01 \x03(\x0b\x32\x18.stoic.v1.ExecuteRequest\"9\n\x0bResultBatch\x12*\n\x07results\x18\x01 \x03(\x0b\x32\x19.stoic.v1.ExecuteResponse\"\r\n\x0bPingRequest\".\n\x0cPingResponse\x12\x0b\n\x03pid\x18\x01 \x01(\x05\x12\x11\n\tin_flight\x18\x02 \x01(\x05\x32}\n\x06Worker\x12<\n\x07\x45xecute\x12\x16.stoic.v1.ExecuteBatch\x1a\x15.stoic.v1.ResultBatch(\x01\x30\x01\x12\x35\n\x04Ping\x12\x15.stoic.v1.PingRequest\x1a\x16.stoic.v1.PingResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15stoic/v1/worker.proto\x12\x08stoic.v1\x1a\x16stoic/v1/invoker.proto\"$\n\rAssignRequest\x12\x13\n\x0b\x63onfig_json\x18\x01 \x01(\t\"\x1d\n\x0e\x41ssignResponse\x12\x0b\n\x03pid\x18\x01 \x01(\x05\"\x88\x02\n\x0e\x45xecuteRequest\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x15\n\rinvocation_id\x18\x02 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\x05\x12\x10\n\x08\x66unction\x18\x04 \x01(\t\x12\x0f\n\x07payload\x18\x05 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x06 \x01(\t\x12\x10\n\x08\x64\x65\x61\x64line\x18\x07 \x01(\x01\x12\x41\n\rtrace_context\x18\x08 \x03(\x0b\x32*.stoic.v1.ExecuteRequest.TraceContextEntry\x1a\x33\n\x11TraceContextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x95\x01\n\x0f\x45xecuteResponse\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x03 \x01(\t\x12&\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x17.stoic.v1.FunctionError\x12&\n\x06timing\x18\x05 \x01(\x0b\x32\x16.stoic.v1.WorkerTiming\"\xcd\x01\n\x0cWorkerTiming\x12\x1f\n\x17\x65xecute_start_unix_nano\x18\x01 \x01(\x03\x12\x1f\n\x17handler_start_unix_nano\x18\x02 \x01(\x03\x12\x1d\n\x15handler_end_unix_nano\x18\x03 \x01(\x03\x12\x1d\n\x15\x65xecute_end_unix_nano\x18\x04 \x01(\x03\x12\x0b\n\x03pid\x18\x05 \x01(\x05\x12\x17\n\x0f\x65xecute_span_id\x18\x06 \x01(\x06\x12\x17\n\x0fhandler_span_id\x18\x07 \x01(\x06\":\n\x0c\x45xecuteBatch\x12*\n\x08requests\x18\x01 \x03(\x0b\x32\x18.stoic.v1.ExecuteRequest\"9\n\x0bResultBatch\x12*\n\x07results\x18\x01 \x03(\x0b\x32\x19.stoic.v1.ExecuteResponse\"\r\n\x0bPingRequest\".\n\x0cPingResponse\x12\x0b\n\x03pid\x18\x01 \x01(\x05\x12\x11\n\tin_flight\x18\x02 \x01(\x05\x32\xba\x01\n\x06Worker\x12<\n\x07\x45xecute\x12\x16.stoic.v1.ExecuteBatch\x1a\x15.stoic.v1.ResultBatch(\x01\x30\x01\x12\x35\n\x04Ping\x12\x15.stoic.v1.PingRequest\x1a\x16.stoic.v1.PingResponse\x12;\n\x06\x41ssign\x12\x17.stoic.v1.AssignRequest\x1a\x18.stoic.v1.AssignResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,22 +34,26 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_EXECUTEREQUEST_TRACECONTEXTENTRY']._loaded_options = None
   _globals['_EXECUTEREQUEST_TRACECONTEXTENTRY']._serialized_options = b'8\001'
-  _globals['_EXECUTEREQUEST']._serialized_start=60
-  _globals['_EXECUTEREQUEST']._serialized_end=324
-  _globals['_EXECUTEREQUEST_TRACECONTEXTENTRY']._serialized_start=273
-  _globals['_EXECUTEREQUEST_TRACECONTEXTENTRY']._serialized_end=324
-  _globals['_EXECUTERESPONSE']._serialized_start=327
-  _globals['_EXECUTERESPONSE']._serialized_end=476
-  _globals['_WORKERTIMING']._serialized_start=479
-  _globals['_WORKERTIMING']._serialized_end=684
-  _globals['_EXECUTEBATCH']._serialized_start=686
-  _globals['_EXECUTEBATCH']._serialized_end=744
-  _globals['_RESULTBATCH']._serialized_start=746
-  _globals['_RESULTBATCH']._serialized_end=803
-  _globals['_PINGREQUEST']._serialized_start=805
-  _globals['_PINGREQUEST']._serialized_end=818
-  _globals['_PINGRESPONSE']._serialized_start=820
-  _globals['_PINGRESPONSE']._serialized_end=866
-  _globals['_WORKER']._serialized_start=868
-  _globals['_WORKER']._serialized_end=993
+  _globals['_ASSIGNREQUEST']._serialized_start=59
+  _globals['_ASSIGNREQUEST']._serialized_end=95
+  _globals['_ASSIGNRESPONSE']._serialized_start=97
+  _globals['_ASSIGNRESPONSE']._serialized_end=126
+  _globals['_EXECUTEREQUEST']._serialized_start=129
+  _globals['_EXECUTEREQUEST']._serialized_end=393
+  _globals['_EXECUTEREQUEST_TRACECONTEXTENTRY']._serialized_start=342
+  _globals['_EXECUTEREQUEST_TRACECONTEXTENTRY']._serialized_end=393
+  _globals['_EXECUTERESPONSE']._serialized_start=396
+  _globals['_EXECUTERESPONSE']._serialized_end=545
+  _globals['_WORKERTIMING']._serialized_start=548
+  _globals['_WORKERTIMING']._serialized_end=753
+  _globals['_EXECUTEBATCH']._serialized_start=755
+  _globals['_EXECUTEBATCH']._serialized_end=813
+  _globals['_RESULTBATCH']._serialized_start=815
+  _globals['_RESULTBATCH']._serialized_end=872
+  _globals['_PINGREQUEST']._serialized_start=874
+  _globals['_PINGREQUEST']._serialized_end=887
+  _globals['_PINGRESPONSE']._serialized_start=889
+  _globals['_PINGRESPONSE']._serialized_end=935
+  _globals['_WORKER']._serialized_start=938
+  _globals['_WORKER']._serialized_end=1124
 # @@protoc_insertion_point(module_scope)

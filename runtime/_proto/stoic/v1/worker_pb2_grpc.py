@@ -50,6 +50,11 @@ class WorkerStub:
                 request_serializer=stoic_dot_v1_dot_worker__pb2.PingRequest.SerializeToString,
                 response_deserializer=stoic_dot_v1_dot_worker__pb2.PingResponse.FromString,
                 _registered_method=True)
+        self.Assign = channel.unary_unary(
+                '/stoic.v1.Worker/Assign',
+                request_serializer=stoic_dot_v1_dot_worker__pb2.AssignRequest.SerializeToString,
+                response_deserializer=stoic_dot_v1_dot_worker__pb2.AssignResponse.FromString,
+                _registered_method=True)
 
 
 class WorkerServicer:
@@ -73,6 +78,15 @@ class WorkerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Assign(self, request, context):
+        """Give a spare (a started worker that runs no function yet) its function. A spare
+        takes one assignment; a second one, or one to a worker that already runs a function,
+        is FAILED_PRECONDITION. A function that cannot be loaded is INVALID_ARGUMENT.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WorkerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -85,6 +99,11 @@ def add_WorkerServicer_to_server(servicer, server):
                     servicer.Ping,
                     request_deserializer=stoic_dot_v1_dot_worker__pb2.PingRequest.FromString,
                     response_serializer=stoic_dot_v1_dot_worker__pb2.PingResponse.SerializeToString,
+            ),
+            'Assign': grpc.unary_unary_rpc_method_handler(
+                    servicer.Assign,
+                    request_deserializer=stoic_dot_v1_dot_worker__pb2.AssignRequest.FromString,
+                    response_serializer=stoic_dot_v1_dot_worker__pb2.AssignResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -147,6 +166,33 @@ class Worker:
             '/stoic.v1.Worker/Ping',
             stoic_dot_v1_dot_worker__pb2.PingRequest.SerializeToString,
             stoic_dot_v1_dot_worker__pb2.PingResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Assign(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/stoic.v1.Worker/Assign',
+            stoic_dot_v1_dot_worker__pb2.AssignRequest.SerializeToString,
+            stoic_dot_v1_dot_worker__pb2.AssignResponse.FromString,
             options,
             channel_credentials,
             insecure,
