@@ -564,3 +564,25 @@ async def test_worker_stream_aclose_and_caller_cancellation(sock: Path) -> None:
             # run() returned by itself: the task group did not need cancelling
     assert len(outcomes) == 1 and "closed by the node" in str(outcomes[0])
     assert client.closed and client.in_flight == 0
+
+
+async def test_assign_is_refused_precisely(sock: Path) -> None:
+    """Assign: a worker without `assign` (it runs a function) is FAILED_PRECONDITION; a
+    function the spare cannot load is INVALID_ARGUMENT naming why; else the pid."""
+    from runtime._errors import InstanceCrashed
+    from runtime.wire import AssignRefused
+
+    class Spare(FakeWorker):
+        async def assign(self, config_json: str) -> int:
+            if "broken" in config_json:
+                raise AssignRefused("importing broken.py failed: RuntimeError: boom")
+            return 4242
+
+    async with serve_worker(FakeWorker(), sock), WorkerStreamClient(f"unix://{sock}") as c:
+        with pytest.raises(InstanceCrashed, match="FAILED_PRECONDITION: this worker already"):
+            await c.assign("{}")
+    async with serve_worker(Spare(), sock), WorkerStreamClient(f"unix://{sock}") as c:
+        with pytest.raises(InstanceCrashed,
+                           match="INVALID_ARGUMENT: importing broken.py failed: RuntimeError"):
+            await c.assign('{"app": "broken"}')
+        assert await c.assign("{}") == 4242
