@@ -23,7 +23,7 @@ def status_tree(status: Any) -> Tree:
             f"node [bold]{node.node_id}[/bold] {node.address} pid {node.pid} {health} "
             f"lease age {node.lease_age * 1000:.0f} ms")
         for pool in node.pools:
-            colour = "green" if pool.state == "healthy" else "red"
+            colour = {"healthy": "green", "draining": "yellow"}.get(pool.state, "red")
             label = (f"{pool.function} [{colour}]{pool.state}[/{colour}] "
                      f"restarts {pool.restarts}")
             if pool.last_exit_reason:
