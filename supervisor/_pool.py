@@ -333,14 +333,21 @@ class FunctionPool:
         for _ in iter(int, 1):
             await anyio.sleep(self.config.ping_interval)
             for worker in list(self._instances.values()):
-                ok = False
+                ok = refused = False
                 with anyio.move_on_after(self.config.ping_timeout):
                     try:
                         await worker.ping()
                         ok = True
                     except Exception as exc:
+                        refused = True
                         log.info("%s: ping of pid %s failed: %s", self.name, worker.pid, exc)
-                if not ok and worker in self._instances.values():
+                if refused and worker.exit_reason is None:
+                    # A ping that failed because the process just died (its exit report
+                    # is on its way) is not a hang: let the exit speak for itself rather
+                    # than kill a dead process and report "killed by the node".
+                    with anyio.move_on_after(0.2):
+                        await worker.wait_exit()
+                if not ok and worker.exit_reason is None and worker in self._instances.values():
                     log.warning("%s: instance pid %s stopped answering pings; replacing it",
                                 self.name, worker.pid)
                     self._condemn(worker)

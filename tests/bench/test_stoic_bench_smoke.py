@@ -13,9 +13,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("args", [
-    ["invoke", "--count", "30", "--concurrency", "4"],
+    ["invoke", "--count", "30", "--concurrency", "4", "--rounds", "1"],
     ["restart", "--kills", "3"],
-    ["cold-start", "--count", "2"],
+    ["cold-start", "--functions", "2"],
+    ["tracing", "--count", "30", "--concurrency", "4", "--rounds", "1"],
     ["chaos", "--seconds", "4", "--chaos-interval", "1.5"],
 ])
 def test_stoic_bench_smoke(args: list[str], tmp_path: Path) -> None:
