@@ -420,3 +420,36 @@ def test_metrics_without_endpoint_have_no_threads_and_export_over_otlp_with_one(
 def test_public_api_is_exported() -> None:
     for name in _tracing.__all__:
         assert name in runtime.__all__ and getattr(runtime, name) is getattr(_tracing, name)
+
+
+def test_a_dead_exporter_process_costs_spans_not_the_node(otlp_receiver: OtlpReceiver) -> None:
+    """SIGKILL the shipper's child: spans are still recorded locally, nothing raises, and
+    the shipper stops writing to the dead pipe; shutdown is clean."""
+    import signal as _signal
+
+    tracing = Tracing.from_env(environ=_env(otlp_receiver), node_id="n1", zone="z",
+                               role="node")
+    shipper = tracing._export_processor
+    assert isinstance(shipper, SpanShipper) and shipper.pid is not None
+    os.kill(shipper.pid, _signal.SIGKILL)
+    for i in range(2000):  # enough to fill a batch and make the thread write
+        with tracing.start_span("after", attributes={ATTR_INVOCATION_ID: f"dead-{i}"}):
+            pass
+    tracing.force_flush(2.0)  # nobody acknowledges it: returns within the timeout
+    assert [r.name for r in tracing.spans_for_invocation("dead-1999")] == ["after"]
+    assert shipper._proc is None  # it noticed the broken pipe
+    assert tracing.shutdown(timeout=5.0)
+
+
+def test_the_shipper_queue_is_bounded() -> None:
+    """A shipper whose child cannot keep up drops spans past max_queue_size and counts them
+    (no endpoint: the child exits at once, so nothing drains the queue but the thread)."""
+    shipper = SpanShipper(environ={"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9"},
+                          max_queue_size=10, schedule_delay_millis=60_000,
+                          max_export_batch_size=1000)
+    tracing = Tracing(runtime.Tracing.from_env(environ={}).resource, export_processor=shipper)
+    for _ in range(25):
+        with tracing.start_span("x"):
+            pass
+    assert shipper.dropped == 15 and len(shipper._queue) == 10
+    tracing.shutdown(timeout=5.0)
