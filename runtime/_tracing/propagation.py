@@ -54,9 +54,23 @@ def inject(
     `ExecuteRequest.trace_context`. Returns `{}` when there is no valid span (tracing
     disabled, or no span active), never raises.
     """
-    ctx = to_context(source)
+    if source is None or isinstance(source, trace.Span | trace.SpanContext):
+        # the common case, on every invocation's path: format the header directly
+        if source is None:
+            span_ctx = trace.get_current_span().get_span_context()
+        elif isinstance(source, trace.Span):
+            span_ctx = source.get_span_context()
+        else:
+            span_ctx = source
+        if not span_ctx.is_valid:
+            return {}
+        out = {"traceparent": f"00-{span_ctx.trace_id:032x}-{span_ctx.span_id:016x}-"
+                              f"{int(span_ctx.trace_flags):02x}"}
+        if span_ctx.trace_state:
+            out["tracestate"] = span_ctx.trace_state.to_header()
+        return out
     carrier: dict[str, str] = {}
-    _W3C.inject(carrier, context=ctx)
+    _W3C.inject(carrier, context=to_context(source))
     return carrier
 
 
@@ -66,6 +80,9 @@ def extract(metadata: Carrier) -> otel_context.Context:
     Keys are matched case-insensitively. A missing or malformed `traceparent` gives an empty
     Context, so spans started from it become roots of a new trace; never raises.
     """
+    if isinstance(metadata, Mapping) and "traceparent" not in metadata and not any(
+            isinstance(k, str) and k.lower() == "traceparent" for k in metadata):
+        return otel_context.Context()  # nothing to extract: skip the parsing
     return _W3C.extract(_as_dict(metadata), context=otel_context.Context())
 
 
