@@ -186,10 +186,18 @@ def _restart_samples(kills: int, standby: str) -> list[float]:
             time.sleep(0.1)  # pacing of the benchmark's kills, not a wait for a result
             t0 = time.perf_counter()
             os.kill(victim, signal.SIGKILL)
+            errors: list[str] = []
             for _ in range(10_000):
+                if time.perf_counter() - t0 > 30:
+                    status = [(p.function, p.state, [(x.pid, x.state) for x in p.instances])
+                              for n in client.status(timeout=5).nodes for p in n.pools]
+                    raise RuntimeError(
+                        f"no answer from a replacement 30 s after killing {victim}; "
+                        f"last errors: {errors[-3:]}; pools: {status}")
                 try:
                     who = client.invoke("whoami", timeout=5).value
-                except StoicError:
+                except StoicError as exc:
+                    errors.append(f"{type(exc).__name__}: {exc}")
                     continue
                 if who["pid"] != victim:
                     samples.append((time.perf_counter() - t0) * 1000)
