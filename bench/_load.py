@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
 import sys
@@ -41,6 +42,7 @@ import grpc
 from runtime._proto.stoic.v1 import invoker_pb2, invoker_pb2_grpc
 
 MODES = ("latency", "throughput")
+APIS = ("unary", "stream")
 CALL_TIMEOUT = 10.0  # seconds, per call: a stuck call counts as DEADLINE_EXCEEDED
 
 
@@ -57,10 +59,13 @@ class LoadConfig:
     warmup: int = 100
     seconds: float | None = None
     channels: int = 1
+    api: str = "unary"
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.api not in APIS:
+            raise ValueError(f"api must be one of {APIS}, got {self.api!r}")
         for name in ("count", "concurrency", "channels"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
@@ -128,6 +133,110 @@ class _Caller:
     def reset(self) -> None:
         self.errors.clear()
         self.ok = 0
+
+
+class _StreamCaller(_Caller):
+    """Issues calls over one Invoker.InvokeStream per channel (``--api stream``): one
+    writer task per stream sends every call queued at that moment as one message, one
+    reader task resolves each call's future by its call id. A call's status code other
+    than OK counts as that code, as a unary call's would."""
+
+    def __init__(self, config: LoadConfig, channels: Sequence[grpc.aio.Channel]):
+        super().__init__(config, [])
+        self._streams = [_Stream(channel) for channel in channels]
+        self._next_id = 0
+
+    async def start(self) -> None:
+        for stream in self._streams:
+            stream.start()
+
+    async def close(self) -> None:
+        for stream in self._streams:
+            await stream.close()
+
+    async def call(self, index: int) -> bool:
+        self._next_id += 1
+        stream = self._streams[index % len(self._streams)]
+        call = invoker_pb2.StreamedInvoke(call_id=self._next_id, request=self._request,
+                                          timeout=CALL_TIMEOUT)
+        try:
+            result = await asyncio.wait_for(stream.call(call), CALL_TIMEOUT + 1.0)
+        except TimeoutError:
+            self.errors["DEADLINE_EXCEEDED"] += 1
+            return False
+        except grpc.aio.AioRpcError as exc:
+            self.errors[exc.code().name] += 1
+            return False
+        if result.code != 0:
+            self.errors[_CODE_NAMES.get(result.code, f"CODE_{result.code}")] += 1
+            return False
+        if result.response.HasField("error"):
+            self.errors["FUNCTION_ERROR"] += 1
+            return False
+        self.ok += 1
+        return True
+
+
+_CODE_NAMES = {code.value[0]: code.name for code in grpc.StatusCode}
+
+
+_BATCH = 16  # calls per message at most, as the Python client (runtime.wire.MAX_BATCH)
+
+
+class _Stream:
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self._call: Any = invoker_pb2_grpc.InvokerStub(channel).InvokeStream()
+        self._pending: dict[int, asyncio.Future[Any]] = {}
+        self._queue: list[Any] = []
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        self._tasks = [asyncio.ensure_future(self._write()), asyncio.ensure_future(self._read())]
+
+    async def call(self, call: Any) -> Any:
+        future = asyncio.get_running_loop().create_future()
+        self._pending[call.call_id] = future
+        self._queue.append(call)
+        self._wake.set()
+        try:
+            return await future
+        finally:
+            self._pending.pop(call.call_id, None)
+
+    async def _write(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            await asyncio.sleep(0)  # calls ready this turn join the message
+            while self._queue:
+                batch = self._queue[:_BATCH]
+                del self._queue[:_BATCH]
+                await self._call.write(invoker_pb2.InvokeStreamRequest(calls=batch))
+
+    async def _read(self) -> None:
+        try:
+            while True:
+                msg = await self._call.read()
+                if msg is grpc.aio.EOF:  # type: ignore[attr-defined]
+                    raise ConnectionError("the node ended the stream")
+                for result in msg.results:
+                    future = self._pending.get(result.call_id)
+                    if future is not None and not future.done():
+                        future.set_result(result)
+        except BaseException as exc:
+            for future in self._pending.values():
+                if not future.done():
+                    future.set_exception(exc if isinstance(exc, Exception) else ConnectionError())
+            raise
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(BaseException):
+                await task
+        self._call.cancel()
 
 
 async def _latency(config: LoadConfig, caller: _Caller) -> dict[str, Any]:
@@ -199,11 +308,20 @@ async def run_load(config: LoadConfig) -> dict[str, Any]:
         async with asyncio.timeout(10.0):
             for channel in channels:
                 await channel.channel_ready()
-        caller = _Caller(config, [invoker_pb2_grpc.InvokerStub(c) for c in channels])
-        if config.mode == "latency":
-            figures = await _latency(config, caller)
+        caller: _Caller
+        if config.api == "stream":
+            stream_caller = caller = _StreamCaller(config, channels)
+            await stream_caller.start()
         else:
-            figures = await _throughput(config, caller)
+            caller = _Caller(config, [invoker_pb2_grpc.InvokerStub(c) for c in channels])
+        try:
+            if config.mode == "latency":
+                figures = await _latency(config, caller)
+            else:
+                figures = await _throughput(config, caller)
+        finally:
+            if config.api == "stream":
+                await stream_caller.close()
     finally:
         for channel in channels:
             await channel.close(None)
@@ -213,6 +331,7 @@ async def run_load(config: LoadConfig) -> dict[str, Any]:
         "function": config.function,
         "payload_bytes": config.payload_bytes,
         "channels": config.channels,
+        "api": config.api,
         "warmup": config.warmup,
         "calls": caller.ok + sum(caller.errors.values()),
         "ok": caller.ok,
@@ -233,6 +352,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=100, help="unmeasured calls first")
     parser.add_argument("--seconds", type=float, default=None, help="also stop after this long")
     parser.add_argument("--channels", type=int, default=1)
+    parser.add_argument("--api", choices=APIS, default="unary",
+                        help="unary Invoke calls, or calls over one InvokeStream per channel")
     parser.add_argument("--uvloop", action="store_true", help="run on uvloop")
     parser.add_argument("--json", action="store_true", help="print one JSON line (the default)")
     args = parser.parse_args(argv)
@@ -247,6 +368,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             warmup=args.warmup,
             seconds=args.seconds,
             channels=args.channels,
+            api=args.api,
         )
     except ValueError as exc:
         parser.error(str(exc))

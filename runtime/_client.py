@@ -52,6 +52,7 @@ from runtime.wire import (
     InvokeRequest,
     InvokeResult,
     InvokerStub,
+    InvokeStreamClient,
     ListDeadLettersRequest,
     RedriveRequest,
     Status,
@@ -89,6 +90,10 @@ class AsyncClient:
     to calls without their own `timeout`; None means no limit beyond the caller's scope.
     A timeout or a caller's deadline raises `InvocationTimeout` (a TimeoutError) and is sent
     along as the call's grpc-timeout. Cancelling a call cancels the RPC.
+
+    `invoke` sends its calls over one `InvokeStream` per node (`multiplex=True`, the
+    default): the same results and errors as unary `Invoke` calls at a fraction of
+    grpc.aio's per-call cost. `multiplex=False` makes one unary `Invoke` per call.
     """
 
     def __init__(
@@ -98,8 +103,11 @@ class AsyncClient:
         default_timeout: float | None = None,
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
         tracing: Tracing | None = None,
+        multiplex: bool = True,
     ) -> None:
         self._tracing = tracing
+        self.multiplex = multiplex
+        self._streams: dict[grpc.aio.Channel, InvokeStreamClient] = {}
         self.targets: tuple[str, ...] = (targets,) if isinstance(targets, str) else tuple(targets)
         if not self.targets or not all(self.targets):
             raise ValueError(f"targets must be non-empty host:port strings, got {targets!r}")
@@ -125,6 +133,9 @@ class AsyncClient:
 
     async def aclose(self) -> None:
         """Close every channel; calls in progress fail. Idempotent."""
+        streams, self._streams = self._streams, {}
+        for stream in streams.values():
+            await stream.aclose()
         channels, self._channels = self._channels, {}
         for channel in channels.values():
             await channel.close(None)
@@ -217,7 +228,7 @@ class AsyncClient:
             sent = {**(metadata or {}), **inject()}
             result = await self._call(
                 f"invoke {name!r}",
-                lambda ch: InvokerStub(ch).invoke(request, metadata=sent),
+                lambda ch: self._invoke_on(ch, request, sent),
                 "always" if idempotency_key else "unreached",
                 timeout,
             )
@@ -229,6 +240,17 @@ class AsyncClient:
                 invocation_id=result.invocation_id,
             )
         return result
+
+    def _invoke_on(
+        self, channel: grpc.aio.Channel, request: InvokeRequest, metadata: Mapping[str, str],
+    ) -> Awaitable[InvokeResult]:
+        if not self.multiplex:
+            return InvokerStub(channel).invoke(request, metadata=metadata)
+        stream = self._streams.get(channel)
+        if stream is None:
+            stream = self._streams[channel] = InvokeStreamClient(
+                channel, max_payload_bytes=self._max)
+        return stream.invoke(request, metadata=metadata)
 
     async def invoke_async(
         self,
@@ -417,10 +439,11 @@ class Client:
         default_timeout: float | None = None,
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
         tracing: Tracing | None = None,
+        multiplex: bool = True,
     ) -> None:
         self._async = AsyncClient(
             targets, default_timeout=default_timeout, max_payload_bytes=max_payload_bytes,
-            tracing=tracing,
+            tracing=tracing, multiplex=multiplex,
         )
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(

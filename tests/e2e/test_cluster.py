@@ -145,8 +145,9 @@ def test_killed_node_restarted_rejoins_and_serves(tmp_path: Path) -> None:
         victim.proc.kill()
         victim.proc.wait(timeout=10)
         with Client(cluster.addresses[1]) as c:
-            poll(lambda: not next(n for n in c.status().nodes
-                                  if n.node_id == victim.node_id).healthy, what="node down")
+            # down: listed as unhealthy, or no longer listed once its lease record is gone
+            poll(lambda: not any(n.healthy for n in c.status().nodes
+                                 if n.node_id == victim.node_id), what="node down")
             cluster.restart_node(victim.node_id)
             poll(lambda: next(n for n in c.status().nodes
                               if n.node_id == victim.node_id).healthy, what="node back")

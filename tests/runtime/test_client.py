@@ -28,9 +28,15 @@ from tests.runtime.test_wire import FakeNode, serve
 pytestmark = pytest.mark.anyio
 
 
-async def test_async_client_calls_and_results() -> None:
+@pytest.fixture(params=[True, False], ids=["stream", "unary"])
+def multiplex(request: pytest.FixtureRequest) -> bool:
+    """Invokes over one InvokeStream (the default) or one unary Invoke per call."""
+    return bool(request.param)
+
+
+async def test_async_client_calls_and_results(multiplex: bool) -> None:
     node = FakeNode()
-    async with serve(node) as (target, _), AsyncClient(target) as client:
+    async with serve(node) as (target, _), AsyncClient(target, multiplex=multiplex) as client:
         result = await client.invoke("echo", {"name": "ada"}, metadata={"traceparent": "00-x"})
         raw = await client.invoke("echo", raw=b"\x00\x01", content_type="application/x-bin")
         none = await client.invoke("echo")
@@ -68,9 +74,10 @@ async def test_async_client_calls_and_results() -> None:
     assert async_request.idempotency_key == "k1"  # type: ignore[attr-defined]
 
 
-async def test_timeout_raises_invocation_timeout_and_reaches_the_server() -> None:
+async def test_timeout_raises_invocation_timeout_and_reaches_the_server(multiplex: bool) -> None:
     node = FakeNode()
-    async with serve(node) as (target, _), AsyncClient(target, default_timeout=30) as client:
+    async with serve(node) as (target, _), AsyncClient(
+            target, default_timeout=30, multiplex=multiplex) as client:
         started = time.monotonic()
         with pytest.raises(InvocationTimeout) as info:
             await client.invoke("hang", {}, timeout=0.3)
@@ -126,10 +133,10 @@ async def test_unreachable_single_target() -> None:
     assert isinstance(info.value, Unavailable) and info.value.retryable
 
 
-async def test_failover_to_the_next_target_when_one_is_stopped() -> None:
+async def test_failover_to_the_next_target_when_one_is_stopped(multiplex: bool) -> None:
     a, b = FakeNode("a"), FakeNode("b")
     async with serve(b) as (target_b, _), serve(a) as (target_a, server_a):
-        async with AsyncClient([target_a, target_b]) as client:
+        async with AsyncClient([target_a, target_b], multiplex=multiplex) as client:
             assert (await client.status()).nodes[0].node_id == "a"
             await server_a.stop(None)
             with anyio.fail_after(10):
@@ -150,12 +157,14 @@ async def test_all_targets_down_raises_unreachable() -> None:
 
 
 @pytest.mark.parametrize("key", [None, "idem-1"])
-async def test_connection_lost_mid_call_fails_over_only_when_safe(key: str | None) -> None:
+async def test_connection_lost_mid_call_fails_over_only_when_safe(
+    key: str | None, multiplex: bool
+) -> None:
     a, b = FakeNode("a"), FakeNode("b")
     b.hang_functions = set()
     outcome: list[object] = []
     async with serve(b) as (target_b, _), serve(a) as (target_a, server_a):
-        async with AsyncClient([target_a, target_b]) as client:
+        async with AsyncClient([target_a, target_b], multiplex=multiplex) as client:
 
             async def call() -> None:
                 try:

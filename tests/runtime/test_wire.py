@@ -152,6 +152,8 @@ class FakeNode:
         self.raise_: Exception | None = None
         self.entered = anyio.Event()
         self.hang_functions = {"hang"}  # functions that never answer on this node
+        self.cancelled: list[InvokeRequest] = []  # hanging calls that were cancelled
+        self.cancel_seen = anyio.Event()
 
     def _record(self, method: str, request: object, call: CallInfo) -> None:
         self.calls.append((method, request, call))
@@ -162,7 +164,11 @@ class FakeNode:
         self._record("invoke", request, call)
         if request.function in self.hang_functions:
             self.entered.set()
-            await anyio.sleep_forever()
+            try:
+                await anyio.sleep_forever()
+            finally:
+                self.cancelled.append(request)
+                self.cancel_seen.set()
         if request.function == "boom":
             return InvokeResult(
                 "inv-boom", error=FunctionErrorInfo("ValueError", "boom", "Traceback ...\n")
@@ -425,6 +431,9 @@ class FakeWorker:
             self.all_arrived.set()
         if request.function == "fail":
             raise RuntimeError("worker bug")
+        if request.function in ("big", "huge"):  # 3 MiB, or over the 6 MiB payload limit
+            size = 3 * 1024 * 1024 if request.function == "big" else 7 * 1024 * 1024
+            return ExecuteResult(payload=b"x" * size, content_type="application/octet-stream")
         if self.hold:
             event = self.release.setdefault(request.invocation_id, anyio.Event())
             await event.wait()
@@ -457,6 +466,28 @@ def sock(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         path = Path("/tmp") / f"stoic-test-{os.getpid()}-{base.name}.sock"
     yield path
     path.unlink(missing_ok=True)
+
+
+async def test_worker_results_too_large_for_a_message_do_not_break_the_stream(sock: Path) -> None:
+    worker = FakeWorker()
+    async with serve_worker(worker, sock), WorkerStreamClient(f"unix://{sock}") as client:
+        with anyio.fail_after(30):
+            results: list[ExecuteResult] = []
+
+            async def one(function: str) -> None:
+                results.append(await client.execute(ExecuteRequest("i", 1, function)))
+
+            async with anyio.create_task_group() as tg:
+                # three 3 MiB results ready together: more than one message can carry
+                for _ in range(3):
+                    tg.start_soon(one, "big")
+            huge = await client.execute(ExecuteRequest("h", 1, "huge"))
+            after = await client.execute(ExecuteRequest("a", 1, "f"))
+            broken = client.closed
+    assert [len(r.payload) for r in results] == [3 * 1024 * 1024] * 3
+    assert huge.error is not None and huge.error.type == "ResultTooLarge"
+    assert "over the limit of 6291456 bytes" in huge.error.message
+    assert json.loads(after.payload)["id"] == "a" and not broken
 
 
 async def test_worker_stream_multiplexes_out_of_order(sock: Path) -> None:

@@ -24,15 +24,17 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16stoic/v1/invoker.proto\x12\x08stoic.v1\"a\n\rInvokeRequest\x12\x10\n\x08\x66unction\x18\x01 \x01(\t\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x03 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x04 \x01(\t\"A\n\rFunctionError\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x11\n\ttraceback\x18\x03 \x01(\t\"7\n\tPlacement\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0c\n\x04zone\x18\x02 \x01(\t\x12\x0b\n\x03pid\x18\x03 \x01(\x05\"\xb0\x01\n\x0eInvokeResponse\x12\x15\n\rinvocation_id\x18\x01 \x01(\t\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x03 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x04 \x01(\x05\x12&\n\tplacement\x18\x05 \x01(\x0b\x32\x13.stoic.v1.Placement\x12&\n\x05\x65rror\x18\x06 \x01(\x0b\x32\x17.stoic.v1.FunctionError\",\n\x13InvokeAsyncResponse\x12\x15\n\rinvocation_id\x18\x01 \x01(\t\"-\n\x14GetInvocationRequest\x12\x15\n\rinvocation_id\x18\x01 \x01(\t\"\x80\x01\n\x07\x41ttempt\x12\x0f\n\x07\x61ttempt\x18\x01 \x01(\x05\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x0c\n\x04zone\x18\x03 \x01(\t\x12\x12\n\nstarted_at\x18\x04 \x01(\x01\x12\x10\n\x08\x65nded_at\x18\x05 \x01(\x01\x12\x0f\n\x07outcome\x18\x06 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x07 \x01(\t\"\xe9\x01\n\nInvocation\x12\x15\n\rinvocation_id\x18\x01 \x01(\t\x12\x10\n\x08\x66unction\x18\x02 \x01(\t\x12(\n\x05state\x18\x03 \x01(\x0e\x32\x19.stoic.v1.InvocationState\x12\x0f\n\x07payload\x18\x04 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x05 \x01(\t\x12&\n\x05\x65rror\x18\x06 \x01(\x0b\x32\x17.stoic.v1.FunctionError\x12#\n\x08\x61ttempts\x18\x07 \x03(\x0b\x32\x11.stoic.v1.Attempt\x12\x14\n\x0csubmitted_at\x18\x08 \x01(\x01*z\n\x0fInvocationState\x12 \n\x1cINVOCATION_STATE_UNSPECIFIED\x10\x00\x12\n\n\x06QUEUED\x10\x01\x12\x0b\n\x07RUNNING\x10\x02\x12\r\n\tSUCCEEDED\x10\x03\x12\n\n\x06\x46\x41ILED\x10\x04\x12\x11\n\rDEAD_LETTERED\x10\x05\x32\xd4\x01\n\x07Invoker\x12;\n\x06Invoke\x12\x17.stoic.v1.InvokeRequest\x1a\x18.stoic.v1.InvokeResponse\x12\x45\n\x0bInvokeAsync\x12\x17.stoic.v1.InvokeRequest\x1a\x1d.stoic.v1.InvokeAsyncResponse\x12\x45\n\rGetInvocation\x12\x1e.stoic.v1.GetInvocationRequest\x1a\x14.stoic.v1.Invocationb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16stoic/v1/invoker.proto\x12\x08stoic.v1\"a\n\rInvokeRequest\x12\x10\n\x08\x66unction\x18\x01 \x01(\t\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x03 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x04 \x01(\t\"A\n\rFunctionError\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x11\n\ttraceback\x18\x03 \x01(\t\"7\n\tPlacement\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0c\n\x04zone\x18\x02 \x01(\t\x12\x0b\n\x03pid\x18\x03 \x01(\x05\"\xb0\x01\n\x0eInvokeResponse\x12\x15\n\rinvocation_id\x18\x01 \x01(\t\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x03 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x04 \x01(\x05\x12&\n\tplacement\x18\x05 \x01(\x0b\x32\x13.stoic.v1.Placement\x12&\n\x05\x65rror\x18\x06 \x01(\x0b\x32\x17.stoic.v1.FunctionError\",\n\x13InvokeAsyncResponse\x12\x15\n\rinvocation_id\x18\x01 \x01(\t\"-\n\x14GetInvocationRequest\x12\x15\n\rinvocation_id\x18\x01 \x01(\t\"\x80\x01\n\x07\x41ttempt\x12\x0f\n\x07\x61ttempt\x18\x01 \x01(\x05\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x0c\n\x04zone\x18\x03 \x01(\t\x12\x12\n\nstarted_at\x18\x04 \x01(\x01\x12\x10\n\x08\x65nded_at\x18\x05 \x01(\x01\x12\x0f\n\x07outcome\x18\x06 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x07 \x01(\t\"\xe9\x01\n\nInvocation\x12\x15\n\rinvocation_id\x18\x01 \x01(\t\x12\x10\n\x08\x66unction\x18\x02 \x01(\t\x12(\n\x05state\x18\x03 \x01(\x0e\x32\x19.stoic.v1.InvocationState\x12\x0f\n\x07payload\x18\x04 \x01(\x0c\x12\x14\n\x0c\x63ontent_type\x18\x05 \x01(\t\x12&\n\x05\x65rror\x18\x06 \x01(\x0b\x32\x17.stoic.v1.FunctionError\x12#\n\x08\x61ttempts\x18\x07 \x03(\x0b\x32\x11.stoic.v1.Attempt\x12\x14\n\x0csubmitted_at\x18\x08 \x01(\x01\"\xc7\x01\n\x0eStreamedInvoke\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\x04\x12(\n\x07request\x18\x02 \x01(\x0b\x32\x17.stoic.v1.InvokeRequest\x12\x0f\n\x07timeout\x18\x03 \x01(\x01\x12\x38\n\x08metadata\x18\x04 \x03(\x0b\x32&.stoic.v1.StreamedInvoke.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"N\n\x13InvokeStreamRequest\x12\'\n\x05\x63\x61lls\x18\x01 \x03(\x0b\x32\x18.stoic.v1.StreamedInvoke\x12\x0e\n\x06\x63\x61ncel\x18\x02 \x03(\x04\"{\n\x0eStreamedResult\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\x04\x12\x0c\n\x04\x63ode\x18\x02 \x01(\x05\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\r\n\x05\x65rror\x18\x04 \x01(\t\x12*\n\x08response\x18\x05 \x01(\x0b\x32\x18.stoic.v1.InvokeResponse\"A\n\x14InvokeStreamResponse\x12)\n\x07results\x18\x01 \x03(\x0b\x32\x18.stoic.v1.StreamedResult*z\n\x0fInvocationState\x12 \n\x1cINVOCATION_STATE_UNSPECIFIED\x10\x00\x12\n\n\x06QUEUED\x10\x01\x12\x0b\n\x07RUNNING\x10\x02\x12\r\n\tSUCCEEDED\x10\x03\x12\n\n\x06\x46\x41ILED\x10\x04\x12\x11\n\rDEAD_LETTERED\x10\x05\x32\xa7\x02\n\x07Invoker\x12;\n\x06Invoke\x12\x17.stoic.v1.InvokeRequest\x1a\x18.stoic.v1.InvokeResponse\x12\x45\n\x0bInvokeAsync\x12\x17.stoic.v1.InvokeRequest\x1a\x1d.stoic.v1.InvokeAsyncResponse\x12\x45\n\rGetInvocation\x12\x1e.stoic.v1.GetInvocationRequest\x1a\x14.stoic.v1.Invocation\x12Q\n\x0cInvokeStream\x12\x1d.stoic.v1.InvokeStreamRequest\x1a\x1e.stoic.v1.InvokeStreamResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'stoic.v1.invoker_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_INVOCATIONSTATE']._serialized_start=898
-  _globals['_INVOCATIONSTATE']._serialized_end=1020
+  _globals['_STREAMEDINVOKE_METADATAENTRY']._loaded_options = None
+  _globals['_STREAMEDINVOKE_METADATAENTRY']._serialized_options = b'8\001'
+  _globals['_INVOCATIONSTATE']._serialized_start=1372
+  _globals['_INVOCATIONSTATE']._serialized_end=1494
   _globals['_INVOKEREQUEST']._serialized_start=36
   _globals['_INVOKEREQUEST']._serialized_end=133
   _globals['_FUNCTIONERROR']._serialized_start=135
@@ -49,6 +51,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ATTEMPT']._serialized_end=660
   _globals['_INVOCATION']._serialized_start=663
   _globals['_INVOCATION']._serialized_end=896
-  _globals['_INVOKER']._serialized_start=1023
-  _globals['_INVOKER']._serialized_end=1235
+  _globals['_STREAMEDINVOKE']._serialized_start=899
+  _globals['_STREAMEDINVOKE']._serialized_end=1098
+  _globals['_STREAMEDINVOKE_METADATAENTRY']._serialized_start=1051
+  _globals['_STREAMEDINVOKE_METADATAENTRY']._serialized_end=1098
+  _globals['_INVOKESTREAMREQUEST']._serialized_start=1100
+  _globals['_INVOKESTREAMREQUEST']._serialized_end=1178
+  _globals['_STREAMEDRESULT']._serialized_start=1180
+  _globals['_STREAMEDRESULT']._serialized_end=1303
+  _globals['_INVOKESTREAMRESPONSE']._serialized_start=1305
+  _globals['_INVOKESTREAMRESPONSE']._serialized_end=1370
+  _globals['_INVOKER']._serialized_start=1497
+  _globals['_INVOKER']._serialized_end=1792
 # @@protoc_insertion_point(module_scope)

@@ -51,6 +51,11 @@ class InvokerStub:
                 request_serializer=stoic_dot_v1_dot_invoker__pb2.GetInvocationRequest.SerializeToString,
                 response_deserializer=stoic_dot_v1_dot_invoker__pb2.Invocation.FromString,
                 _registered_method=True)
+        self.InvokeStream = channel.stream_stream(
+                '/stoic.v1.Invoker/InvokeStream',
+                request_serializer=stoic_dot_v1_dot_invoker__pb2.InvokeStreamRequest.SerializeToString,
+                response_deserializer=stoic_dot_v1_dot_invoker__pb2.InvokeStreamResponse.FromString,
+                _registered_method=True)
 
 
 class InvokerServicer:
@@ -79,6 +84,16 @@ class InvokerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def InvokeStream(self, request_iterator, context):
+        """Many sync invocations over one long-lived stream (what the Python client uses):
+        each call carries an id that its result echoes; results come back as they finish,
+        in any order, several per message when they are ready together. A call's failure is
+        a result with a status code, never the end of the stream.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InvokerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -96,6 +111,11 @@ def add_InvokerServicer_to_server(servicer, server):
                     servicer.GetInvocation,
                     request_deserializer=stoic_dot_v1_dot_invoker__pb2.GetInvocationRequest.FromString,
                     response_serializer=stoic_dot_v1_dot_invoker__pb2.Invocation.SerializeToString,
+            ),
+            'InvokeStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.InvokeStream,
+                    request_deserializer=stoic_dot_v1_dot_invoker__pb2.InvokeStreamRequest.FromString,
+                    response_serializer=stoic_dot_v1_dot_invoker__pb2.InvokeStreamResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -181,6 +201,33 @@ class Invoker:
             '/stoic.v1.Invoker/GetInvocation',
             stoic_dot_v1_dot_invoker__pb2.GetInvocationRequest.SerializeToString,
             stoic_dot_v1_dot_invoker__pb2.Invocation.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def InvokeStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/stoic.v1.Invoker/InvokeStream',
+            stoic_dot_v1_dot_invoker__pb2.InvokeStreamRequest.SerializeToString,
+            stoic_dot_v1_dot_invoker__pb2.InvokeStreamResponse.FromString,
             options,
             channel_credentials,
             insecure,
