@@ -42,6 +42,7 @@ class LoadSettings:
     channels: int = 1
     uvloop: bool = False
     timeout: float = 300.0
+    api: str = "unary"  # "stream": calls over Invoker.InvokeStream, as the Python client
 
     def __post_init__(self) -> None:
         for name in ("latency_count", "throughput_count", "concurrency", "channels"):
@@ -71,6 +72,7 @@ def run_load_process(target: str, mode: str, settings: LoadSettings) -> dict[str
         "--concurrency", str(settings.concurrency),
         "--warmup", str(settings.warmup),
         "--channels", str(settings.channels),
+        "--api", settings.api,
         "--json",
     ]  # fmt: skip
     if mode == "throughput" and settings.throughput_seconds is not None:

@@ -32,7 +32,6 @@ import anyio
 import anyio.abc
 import grpc
 import grpc.aio
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from grpc_health.v1 import _async as health_async
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
@@ -1103,10 +1102,15 @@ class _WorkerServicer(worker_pb2_grpc.WorkerServicer):
     async def Execute(self, request_iterator: Any, context: Any) -> None:
         # Requests run concurrently. Results go to one writer task, which writes every
         # result ready at that moment as one message: one write at a time on a stream,
-        # and under load one write carries many results.
-        ready, outbox = anyio.create_memory_object_stream[Any](math.inf)
+        # and under load one write carries many results. Plain asyncio tasks (the hot
+        # path; see InvokeStream), in a TaskGroup: none outlives the stream.
+        outbox: list[Any] = []
+        wake = asyncio.Event()
+        finished = False
+        running = 0
 
         async def run_one(msg: Any) -> None:
+            nonlocal running
             self.in_flight += 1
             try:
                 try:
@@ -1118,38 +1122,50 @@ class _WorkerServicer(worker_pb2_grpc.WorkerServicer):
                             type(exc).__name__, str(exc), traceback.format_exc()
                         )
                     )
+                if len(result.payload) > DEFAULT_MAX_PAYLOAD_BYTES:
+                    # over the channel's message limit: sending it would break the stream
+                    # for every invocation on it; it is this handler's error instead (as
+                    # Lambda's)
+                    result = ExecuteResult(error=FunctionErrorInfo(
+                        "ResultTooLarge",
+                        f"the handler's result of {len(result.payload)} bytes is over the "
+                        f"limit of {DEFAULT_MAX_PAYLOAD_BYTES} bytes", ""), timing=result.timing)
+                outbox.append(result.to_proto(msg.seq))
             finally:
                 self.in_flight -= 1
-            if len(result.payload) > DEFAULT_MAX_PAYLOAD_BYTES:
-                # over the channel's message limit: sending it would break the stream for
-                # every invocation on it; it is this handler's error instead (as Lambda's)
-                result = ExecuteResult(error=FunctionErrorInfo(
-                    "ResultTooLarge",
-                    f"the handler's result of {len(result.payload)} bytes is over the limit "
-                    f"of {DEFAULT_MAX_PAYLOAD_BYTES} bytes", ""), timing=result.timing)
-            with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
-                ready.send_nowait(result.to_proto(msg.seq))  # fails only if the node left
+                running -= 1
+                wake.set()
 
         async def write_loop() -> None:
-            async with outbox:
-                async for first in outbox:
-                    await asyncio.sleep(0)  # let results that are ready now join this one
+            while True:
+                await wake.wait()
+                wake.clear()
+                await asyncio.sleep(0)  # let results that are ready now join this one
+                while outbox:
+                    batch = outbox[:MAX_BATCH]
+                    del outbox[:MAX_BATCH]
                     try:
-                        for chunk in _chunks(_drain(first, outbox)):
+                        for chunk in _chunks(batch):
                             await context.write(worker_pb2.ResultBatch(results=chunk))
                     except Exception as exc:  # grpc raises its own internal types here
                         # The node went away (closed or broke the stream): nobody is left
                         # to read results. Drop them; the node re-dispatches what it missed.
                         log.debug("worker stream closed while writing results: %r", exc)
+                        outbox.clear()
                         return
+                if finished and not running:
+                    return
 
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(write_loop)
-            async with ready:
-                async with anyio.create_task_group() as runs:
-                    async for msg in request_iterator:
-                        for req in msg.requests:
-                            runs.start_soon(run_one, req)
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(write_loop())
+            try:
+                async for msg in request_iterator:
+                    for req in msg.requests:
+                        running += 1
+                        tg.create_task(run_one(req))
+            finally:
+                finished = True  # the node closed its side: end after the last result
+                wake.set()
 
     async def Ping(self, request: Any, context: Any) -> Any:
         return worker_pb2.PingResponse(pid=os.getpid(), in_flight=self.in_flight)
@@ -1557,15 +1573,6 @@ async def _wait_ready(channel: grpc.aio.Channel) -> None:
 _EOF: Any = grpc.aio.EOF  # type: ignore[attr-defined]
 
 
-class _Waiter:
-    __slots__ = ("done", "result", "error")
-
-    def __init__(self) -> None:
-        self.done = anyio.Event()
-        self.result: ExecuteResult | None = None
-        self.error: StoicError | None = None
-
-
 MAX_BATCH = 16
 """At most this many requests (or results) in one message of a stream (a worker's Execute,
 a client's InvokeStream). Small enough that under load several messages are in flight at
@@ -1598,17 +1605,6 @@ def _chunks(items: list[Any]) -> Iterator[list[Any]]:
         yield chunk
 
 
-def _drain(first: Any, receive: MemoryObjectReceiveStream[Any]) -> list[Any]:
-    """`first` and whatever else `receive` holds right now (up to MAX_BATCH), without waiting."""
-    batch = [first]
-    while len(batch) < MAX_BATCH:
-        try:
-            batch.append(receive.receive_nowait())
-        except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
-            break  # nothing more now, or the stream is being closed under us
-    return batch
-
-
 class WorkerStreamClient:
     """A node's connection to one function actor process: one long-lived bidirectional
     Execute stream carrying every invocation, multiplexed by `seq`.
@@ -1627,14 +1623,16 @@ class WorkerStreamClient:
         self.target = target
         self.name = name or target
         self._max = max_payload_bytes
-        self._pending: dict[int, _Waiter] = {}
+        self._pending: dict[int, asyncio.Future[ExecuteResult]] = {}
         self._next_seq = 1
         self.messages_sent = 0  # stream messages written (each carries one or more requests)
         self._call: Any = None
         self._stub: Any = None
         self._broken: str | None = None
         self._scope: anyio.CancelScope | None = None
-        self._outbox: MemoryObjectSendStream[Any] | None = None
+        self._open = False
+        self._queue: list[Any] = []
+        self._wake = asyncio.Event()
         self._tg: anyio.abc.TaskGroup | None = None
 
     @property
@@ -1660,32 +1658,36 @@ class WorkerStreamClient:
                 await _wait_ready(channel)
                 self._stub = worker_pb2_grpc.WorkerStub(channel)
                 self._call = self._stub.Execute()
-                send, receive = anyio.create_memory_object_stream[Any](math.inf)
-                self._outbox = send
-                async with anyio.create_task_group() as tg, send, receive:
-                    tg.start_soon(self._write_loop, receive)
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(self._write_loop)
+                    self._open = True
                     task_status.started()
                     reason = await self._read_loop()
                     tg.cancel_scope.cancel()
         finally:
+            self._open = False
             self._fail_all(reason)
             with anyio.CancelScope(shield=True):  # cleanup must finish even when cancelled
                 if self._call is not None:
                     self._call.cancel()
                 await channel.close(None)
 
-    async def _write_loop(self, receive: MemoryObjectReceiveStream[Any]) -> None:
-        # The only writer on the stream. Callers hand messages over instead of writing
+    async def _write_loop(self) -> None:
+        # The only writer on the stream. Callers queue requests instead of writing
         # themselves, because grpc cancels the whole stream when a write is cancelled:
         # one caller giving up must not break the stream for everyone else. Every request
-        # handed over while the previous write was in progress goes out in one message.
-        with contextlib.suppress(anyio.ClosedResourceError):  # closed: we are done
-            async for first in receive:
+        # queued while the previous write was in progress goes out in one message.
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            # one turn of the loop first: other callers that are ready to run right now
+            # join this message instead of paying for their own
+            await asyncio.sleep(0)
+            while self._queue:
+                batch = self._queue[:MAX_BATCH]
+                del self._queue[:MAX_BATCH]
                 try:
-                    # one turn of the loop first: other callers that are ready to run
-                    # right now join this message instead of paying for their own
-                    await asyncio.sleep(0)
-                    for chunk in _chunks(_drain(first, receive)):
+                    for chunk in _chunks(batch):
                         self.messages_sent += 1
                         await self._call.write(worker_pb2.ExecuteBatch(requests=chunk))
                 except (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError):
@@ -1704,10 +1706,9 @@ class WorkerStreamClient:
                 if batch is _EOF:
                     return f"worker {self.name} closed the stream"
                 for msg in batch.results:
-                    waiter = self._pending.pop(msg.seq, None)
-                    if waiter is not None:  # None: its caller gave up (cancelled)
-                        waiter.result = ExecuteResult.from_proto(msg)
-                        waiter.done.set()
+                    future = self._pending.pop(msg.seq, None)
+                    if future is not None and not future.done():  # else: its caller gave up
+                        future.set_result(ExecuteResult.from_proto(msg))
         except grpc.aio.AioRpcError as exc:
             return f"worker {self.name} stream broke: {exc.code().name}: {exc.details()}"
         except asyncio.CancelledError:
@@ -1722,9 +1723,10 @@ class WorkerStreamClient:
         if self._broken is None:
             self._broken = reason
         pending, self._pending = self._pending, {}
-        for waiter in pending.values():
-            waiter.error = InstanceCrashed(reason)
-            waiter.done.set()
+        self._queue.clear()
+        for future in pending.values():
+            if not future.done():
+                future.set_exception(InstanceCrashed(reason))
 
     async def execute(self, request: ExecuteRequest) -> ExecuteResult:
         """Send one attempt and wait for its result. Raises `InstanceCrashed` if the stream
@@ -1732,27 +1734,18 @@ class WorkerStreamClient:
         wait only: the worker still runs the attempt (kill the process to stop it)."""
         if self._broken is not None:
             raise InstanceCrashed(self._broken)
-        if self._outbox is None:
+        if not self._open:
             raise InstanceCrashed(f"worker {self.name} stream is not open (run() not started)")
         seq = self._next_seq
         self._next_seq += 1
-        waiter = _Waiter()
-        self._pending[seq] = waiter
+        future: asyncio.Future[ExecuteResult] = asyncio.get_running_loop().create_future()
+        self._pending[seq] = future
+        self._queue.append(request.to_proto(seq))
+        self._wake.set()
         try:
-            try:
-                self._outbox.send_nowait(request.to_proto(seq))  # unbounded: never blocks
-            except (anyio.ClosedResourceError, anyio.BrokenResourceError) as exc:
-                raise InstanceCrashed(
-                    self._broken or f"worker {self.name} stream is closed"
-                ) from exc
-            await waiter.done.wait()
+            return await future
         finally:
             self._pending.pop(seq, None)
-        if waiter.error is not None:
-            raise waiter.error
-        if waiter.result is None:  # pragma: no cover - done is only set with one of both
-            raise InternalError(f"worker {self.name}: seq {seq} finished without a result")
-        return waiter.result
 
     async def ping(self) -> PingResult:
         """Ask the worker for its pid and in-flight count; bound it with the caller's scope

@@ -341,7 +341,7 @@ class Node:
             spec = self.functions.get(request.function)
             if spec is None:
                 raise FunctionNotFound(f"function {request.function!r} is not deployed")
-        invocation_id = call.metadata.get(INVOCATION_HEADER) or uuid.uuid4().hex
+        invocation_id = call.metadata.get(INVOCATION_HEADER) or os.urandom(16).hex()  # as uuid4().hex, cheaper
         attrs = {ATTR_FUNCTION: spec.name, ATTR_INVOCATION_ID: invocation_id,
                  "stoic.node": self.config.node_id, "stoic.zone": self.config.zone}
         with self.tracing.start_span("stoic.node.receive", parent=call.metadata,

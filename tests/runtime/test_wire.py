@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import anyio
 import grpc
@@ -520,18 +521,20 @@ async def test_worker_stream_multiplexes_out_of_order(sock: Path) -> None:
     assert "worker bug" in failed.error.traceback
 
 
-async def test_drain_takes_what_is_ready_and_stops_at_a_closed_stream() -> None:
-    from runtime.wire import _drain
+def test_chunks_keep_order_and_stay_under_the_message_budget() -> None:
+    from runtime.wire import BATCH_BYTES, _chunks
 
-    send, receive = anyio.create_memory_object_stream[int](100)
-    for i in (1, 2, 3):
-        send.send_nowait(i)
-    assert _drain(0, receive) == [0, 1, 2, 3]
-    assert _drain(7, receive) == [7]  # nothing ready: no waiting for a batch to fill
-    send.send_nowait(4)
-    await receive.aclose()
-    assert _drain(9, receive) == [9]  # closed under the writer: no ClosedResourceError
-    await send.aclose()
+    def msg(size: int) -> Any:
+        return ExecuteRequest("i", 1, "f", b"x" * size).to_proto(size)
+
+    small = [msg(10) for _ in range(5)]
+    assert list(_chunks(small)) == [small]
+    half = BATCH_BYTES // 2
+    big = [msg(half), msg(half), msg(3 * BATCH_BYTES), msg(10)]
+    chunks = list(_chunks(big))
+    assert [len(c) for c in chunks] == [1, 1, 1, 1]  # two halves plus framing are over
+    assert [m for c in chunks for m in c] == big
+    assert all(sum(m.ByteSize() for m in c) <= BATCH_BYTES or len(c) == 1 for c in chunks)
 
 
 async def test_worker_stream_break_fails_every_waiter(sock: Path) -> None:
