@@ -13,6 +13,7 @@ import base64
 import contextlib
 import ctypes
 import dataclasses
+import gc
 import json
 import logging
 import os
@@ -705,11 +706,23 @@ def run_node(config: NodeConfig) -> int:
         set_parent_death_signal(signal.SIGTERM)
         if os.getppid() == 1:
             return 1
+    # Start-up's objects (modules, the app's specs) never die: keep them out of every
+    # collection. And collect the young generation every 20,000 allocations instead of
+    # 700: an invocation allocates a few hundred short-lived objects (spans, messages,
+    # futures), so by default a collection ran every few calls (measured: the node's CPU
+    # per call at 64 in flight dropped from ~370 to ~300 µs). Refcounting frees nearly all
+    # of them anyway; only cycles wait for a collection.
+    gc.freeze()
+    gc.set_threshold(*NODE_GC_THRESHOLDS)
     try:
         anyio.run(_serve_until_signalled, config, backend_options=_loop_options())
     except KeyboardInterrupt:
         pass
     return 0
+
+
+NODE_GC_THRESHOLDS = (20_000, 50, 1000)
+"""gc.set_threshold for a node process (generation 0, 1, 2)."""
 
 
 def _loop_options() -> dict[str, Any]:

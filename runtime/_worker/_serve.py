@@ -236,8 +236,7 @@ class SpareHandler:
         except MemoryError:
             _exit_now(EXIT_MEMORY)
         except BaseException as exc:  # the user's module may raise anything on import
-            last = traceback.format_exception_only(type(exc), exc)[-1].strip()
-            raise wire.AssignRefused(f"importing {config.spec.app} failed: {last}") from None
+            raise wire.AssignRefused(_import_failed(config, exc)) from None
         set_memory_limit(config.spec.config.memory_mb, config.spec.config.concurrency)
         self.user_spans = UserSpans(config) if self._exporting else None
         self._executor = Executor(config, handler, self.user_spans)
@@ -382,6 +381,12 @@ async def _serve(config: WorkerConfig, handler: Callable[..., Any] | None, ready
     _exit_now(0)
 
 
+def _import_failed(config: WorkerConfig, exc: BaseException) -> str:
+    """One line naming the app and the exception its import raised (as the node shows it)."""
+    last = traceback.format_exception_only(type(exc), exc)[-1].strip()
+    return f"importing {config.spec.app} failed: {last}"
+
+
 def _write_start_error(path: str, text: str) -> None:
     try:
         with open(path, "w", encoding="utf-8") as f:
@@ -411,11 +416,8 @@ def run_worker(config: WorkerConfig) -> NoReturn:
             _write_start_error(config.error_file, "MemoryError while importing the app")
             _exit_now(EXIT_MEMORY)
         except BaseException as exc:  # the user's module may raise anything on import
-            last = traceback.format_exception_only(type(exc), exc)[-1].strip()
             _write_start_error(
-                config.error_file,
-                f"importing {config.spec.app} failed: {last}\n" + traceback.format_exc(),
-            )
+                config.error_file, _import_failed(config, exc) + "\n" + traceback.format_exc())
             _exit_now(EXIT_START_FAILED)
         anyio.run(_serve, config, handler, ready_fd, backend="asyncio")
     except MemoryError:
