@@ -105,6 +105,21 @@ def test_grpcurl_list_health_and_invoke(node: Cluster) -> None:
     assert inv.returncode == 0, inv.stderr
     body = json.loads(inv.stdout)
     assert json.loads(base64.b64decode(body["payload"])) == {"greeting": "hello grpcurl"}
+    # the stream: two calls in one message, each answered by id (one with a status)
+    calls = {"calls": [{"call_id": 1, "request": {"function": "hello", "payload": payload}},
+                       {"call_id": 2, "request": {"function": "nope"}}]}
+    streamed = subprocess.run(
+        [grpcurl, "-plaintext", "-d", json.dumps(calls), addr, "stoic.v1.Invoker/InvokeStream"],
+        capture_output=True, text=True, timeout=30)
+    assert streamed.returncode == 0, streamed.stderr
+    decoder, text, results = json.JSONDecoder(), streamed.stdout.strip(), {}
+    while text:  # grpcurl prints one JSON document per stream message
+        msg, end = decoder.raw_decode(text)
+        results.update({r["call_id"]: r for r in msg["results"]})
+        text = text[end:].strip()
+    assert json.loads(base64.b64decode(results["1"]["response"]["payload"])) == {
+        "greeting": "hello grpcurl"}
+    assert (results["2"]["code"], results["2"]["error"]) == (5, "FunctionNotFound")
 
 
 def test_boom_is_an_error_result_and_the_instance_stays(client: Client) -> None:
