@@ -424,6 +424,17 @@ class AsyncClient:
         return render_tree(records)
 
 
+async def _finish_other_tasks() -> None:
+    """What asyncio.run does before closing its loop: cancel the tasks still pending (grpc's
+    own, of calls already cancelled) and let them finish, so none is destroyed pending."""
+    me = asyncio.current_task()
+    tasks = [t for t in asyncio.all_tasks() if t is not me and not t.done()]
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        await asyncio.wait(tasks, timeout=5.0)
+
+
 class Client:
     """The blocking client for plain scripts: same methods and errors as `AsyncClient`.
 
@@ -479,6 +490,7 @@ class Client:
             return
         try:
             self._run(self._async.aclose())
+            self._run(_finish_other_tasks())
         finally:
             self._closed = True
             self._loop.call_soon_threadsafe(self._loop.stop)

@@ -1495,6 +1495,10 @@ class InvokeStreamClient:
         for task in tasks:
             with contextlib.suppress(BaseException):
                 await task
+        if call is not None:
+            # let grpc finish the cancelled call
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(call.code(), 1.0)
         for future in self._pending.values():
             if not future.done():
                 future.set_exception(ConnectionLost("the client was closed"))
