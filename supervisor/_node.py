@@ -443,33 +443,40 @@ class Node:
                 ATTR_FUNCTION: spec.name, ATTR_INVOCATION_ID: invocation_id,
                 ATTR_ATTEMPT: attempt}
             try:
-                with self.tracing.start_span("stoic.attempt", attributes=attrs) as span:
-                    with self.tracing.start_span("stoic.route", attributes=attrs) as route:
-                        use_local = (local is not None and local.usable
-                                     and self.config.node_id not in excluded)
-                        peers = [] if use_local else self._candidates(spec.name, excluded)
-                        target = "local" if use_local else (peers[0].node_id if peers else "none")
-                        route.set_attribute("stoic.route.target", target)
+                # Not made current (attach=False, a context switch less per attempt): its
+                # children below get it as their parent explicitly.
+                with self.tracing.start_span("stoic.attempt", attributes=attrs,
+                                             attach=False) as span:
+                    routed_at = time.time_ns()
+                    use_local = (local is not None and local.usable
+                                 and self.config.node_id not in excluded)
+                    peers = [] if use_local else self._candidates(spec.name, excluded)
+                    target = "local" if use_local else (peers[0].node_id if peers else "none")
+                    self.tracing.record_span("stoic.route", span, routed_at, time.time_ns(),
+                                             {**attrs, "stoic.route.target": target})
                     if use_local:
                         try:
                             return await self._run_local(spec, request, invocation_id, attempt,
-                                                         wire.CallInfo(deadline=deadline))
+                                                         wire.CallInfo(deadline=deadline), span)
                         except InstanceCrashed as exc:
                             self.tracing.record_supervisor_event(
-                                span, "child_terminated", {ATTR_REASON: str(exc), **attrs})
+                                span, "child_terminated", {ATTR_REASON: str(exc), **attrs},
+                                parent=span)
                             raise
                         except Unavailable:
                             if local is not None and local.state == "failing":
                                 self.tracing.record_supervisor_event(
                                     span, "reached_max_restart_intensity",
-                                    {ATTR_REASON: local.last_exit_reason or "unknown", **attrs})
+                                    {ATTR_REASON: local.last_exit_reason or "unknown", **attrs},
+                                    parent=span)
                             raise
                     if not peers:
                         if local is not None and local.state == "failing":
                             # the crash loop shows up in the trace of the call it turns away
                             self.tracing.record_supervisor_event(
                                 span, "reached_max_restart_intensity",
-                                {ATTR_REASON: local.last_exit_reason or "unknown", **attrs})
+                                {ATTR_REASON: local.last_exit_reason or "unknown", **attrs},
+                                parent=span)
                             raise local.unavailable_error()
                         if settle > 0 and (deadline is None or time.time() < deadline):
                             # placement may be moving (a node joined or left a moment ago):
@@ -481,7 +488,7 @@ class Node:
                         raise last or Unavailable(
                             f"no healthy instance of {spec.name!r} in any zone")
                     return await self._forward(peers[0], request, invocation_id, attempt,
-                                               deadline)
+                                               deadline, span)
             except Unreachable as exc:
                 # The request never reached that node: route around it, same attempt.
                 node = getattr(exc, "node_id", None)
@@ -508,16 +515,19 @@ class Node:
 
     async def _run_local(
         self, spec: wire.FunctionSpec, request: wire.InvokeRequest, invocation_id: str,
-        attempt: int, call: wire.CallInfo,
+        attempt: int, call: wire.CallInfo, span: otel_trace.Span | None = None,
     ) -> wire.InvokeResult:
+        """Run one attempt on a local instance; `span` (default: the current span) is the
+        attempt's, parent of the worker's spans."""
         pool = self.pools.get(spec.name)
         if pool is None:
             raise Unavailable(f"node {self.config.node_id} hosts no instance of {spec.name!r}")
+        if span is None:
+            span = otel_trace.get_current_span()
         exec_req = wire.ExecuteRequest(
             invocation_id=invocation_id, attempt=attempt, function=spec.name,
             payload=request.payload, content_type=request.content_type or wire.JSON,
-            deadline=call.deadline, trace_context=inject())
-        span = otel_trace.get_current_span()
+            deadline=call.deadline, trace_context=inject(span))
         waiting = self._in_flight_spans.setdefault(spec.name, set())
         waiting.add(span)
         try:
@@ -546,11 +556,11 @@ class Node:
 
     async def _forward(
         self, peer: MemberRecord, request: wire.InvokeRequest, invocation_id: str,
-        attempt: int, deadline: float | None,
+        attempt: int, deadline: float | None, parent: otel_trace.Span | None = None,
     ) -> wire.InvokeResult:
         _, invoker, _ = self._peer(peer.address)
         with self.tracing.start_span(
-                "stoic.forward", kind=SpanKind.CLIENT,
+                "stoic.forward", kind=SpanKind.CLIENT, parent=parent,
                 attributes={ATTR_FUNCTION: request.function, ATTR_INVOCATION_ID: invocation_id,
                             ATTR_ATTEMPT: attempt, "stoic.peer": peer.node_id,
                             "stoic.peer.zone": peer.zone}):

@@ -3,7 +3,7 @@
 Like `Tracing`, no global provider is set. Readers: OTLP/gRPC (PeriodicExportingMetricReader,
 interval from OTEL_METRIC_EXPORT_INTERVAL) only when an endpoint is configured; an
 InMemoryMetricReader behind a tiny Prometheus endpoint only when a port is asked for.
-With neither, no reader and no thread exist and recording is close to free.
+With neither, no reader and no thread exist and recording is skipped (free).
 """
 
 from __future__ import annotations
@@ -64,6 +64,9 @@ class Metrics:
         if prometheus is not None and self._memory is not None:
             self._server = PrometheusServer(self._memory, prometheus[0], prometheus[1])
         self._shut = False
+        # With no reader nobody can ever read a measurement: skip recording altogether
+        # (the SDK's add/record cost microseconds each even then, on every invocation).
+        self._recording = bool(all_readers)
 
     @classmethod
     def from_env(
@@ -102,6 +105,8 @@ class Metrics:
     def invocation(self, function: str, zone: str, outcome: str, duration_ms: float) -> None:
         """One finished invocation. `outcome` is "ok" or a failure kind ("error",
         "timeout", "crashed", "unavailable", ...); anything but "ok" also counts an error."""
+        if not self._recording:
+            return
         attrs = {"function": function, "zone": zone}
         self._duration.record(duration_ms, attrs)
         with_outcome = {**attrs, "outcome": outcome}
@@ -110,10 +115,12 @@ class Metrics:
             self._errors.add(1, with_outcome)
 
     def restart(self, function: str, zone: str) -> None:
-        self._restarts.add(1, {"function": function, "zone": zone})
+        if self._recording:
+            self._restarts.add(1, {"function": function, "zone": zone})
 
     def retry(self, function: str, zone: str) -> None:
-        self._retries.add(1, {"function": function, "zone": zone})
+        if self._recording:
+            self._retries.add(1, {"function": function, "zone": zone})
 
     # --- reading ---
 

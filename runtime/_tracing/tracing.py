@@ -93,29 +93,32 @@ def _new_span_id() -> int:
 class _SpanScope:
     """`Tracing.start_span`'s context manager: start, attach, detach, record, end."""
 
-    __slots__ = ("_tracing", "_name", "_ctx", "_kind", "_attributes", "_links", "_span",
-                 "_token")
+    __slots__ = ("_tracing", "_name", "_parent", "_kind", "_attributes", "_links", "_span",
+                 "_token", "_attach")
 
-    def __init__(self, tracing: Tracing, name: str, ctx: Context | None, kind: SpanKind,
-                 attributes: Attributes, links: Sequence[Link]) -> None:
+    def __init__(self, tracing: Tracing, name: str, parent: ParentLike, kind: SpanKind,
+                 attributes: Attributes, links: Sequence[Link], attach: bool) -> None:
         self._tracing = tracing
         self._name = name
-        self._ctx = ctx
+        self._parent = parent
         self._kind = kind
         self._attributes = attributes
         self._links = links
+        self._attach = attach
 
     def __enter__(self) -> trace.Span:
-        span = self._tracing._new_span(self._name, self._ctx, self._kind, self._attributes,
-                                       self._links)
+        span = self._tracing._new_span(self._name, self._parent, self._kind,
+                                       self._attributes, self._links)
         self._span = span
-        self._token = context_api.attach(trace.set_span_in_context(span))
+        self._token = (context_api.attach(trace.set_span_in_context(span)) if self._attach
+                       else None)
         return span
 
     def __exit__(self, typ: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         span = self._span
-        context_api.detach(self._token)
+        if self._token is not None:
+            context_api.detach(self._token)
         if exc is not None and span.is_recording():
             if isinstance(exc, Exception):
                 span.record_exception(exc)
@@ -281,6 +284,7 @@ class Tracing:
         kind: SpanKind = SpanKind.INTERNAL,
         attributes: Attributes = None,
         links: Sequence[Link] = (),
+        attach: bool = True,
     ) -> AbstractContextManager[trace.Span]:
         """Start a span, make it current for the block, end it on exit.
 
@@ -291,18 +295,29 @@ class Tracing:
         anyio's cancel exception) sets status ERROR "cancelled: <type>" without a stack
         trace event and is re-raised.
 
+        `attach=False` does not make the span current (saving the context switch on the
+        hot path): the block must then pass it explicitly as the parent of its children and
+        to `inject`.
+
         One plain context manager object rather than the SDK's three nested generator
         ones (start_as_current_span -> use_span): this is on every invocation's path.
         """
-        return _SpanScope(self, name, to_context(parent), kind, attributes, links)
+        return _SpanScope(self, name, parent, kind, attributes, links, attach)
 
-    def _new_span(self, name: str, ctx: Context | None, kind: SpanKind,
+    def _new_span(self, name: str, parent_like: ParentLike, kind: SpanKind,
                   attributes: Attributes, links: Sequence[Link]) -> trace.Span:
         if not self._lean:
             return self._tracer.start_span(
-                name, context=ctx, kind=kind, attributes=attributes, links=links,
-                record_exception=False, set_status_on_exception=False)
-        parent = trace.get_current_span(ctx).get_span_context()
+                name, context=to_context(parent_like), kind=kind, attributes=attributes,
+                links=links, record_exception=False, set_status_on_exception=False)
+        ctx: Context | None = None
+        if type(parent_like) is LeanSpan:  # the node's own spans: the cheapest check first
+            parent = parent_like.context
+        elif isinstance(parent_like, trace.Span):  # an explicit parent span: no Context needed
+            parent = parent_like.get_span_context()
+        else:
+            ctx = to_context(parent_like)
+            parent = trace.get_current_span(ctx).get_span_context()
         if parent.is_valid:
             trace_id = parent.trace_id
         else:
@@ -333,14 +348,16 @@ class Tracing:
         span: trace.Span | trace.SpanContext | None,
         kind: str,
         attributes: Attributes = None,
+        *,
+        parent: trace.Span | None = None,
     ) -> trace.SpanContext:
         """Put a supervisor report on the invocation's span and in a linked span of its own.
 
         Adds an event named `kind` (child_terminated | start_error |
         reached_max_restart_intensity) to `span` if it is still recording — call this before
         ending the attempt's span — and starts+ends a short span named `kind`, linked to
-        `span`, parented on the caller's current span (the supervisor's own trace) or a new
-        root. The linked span copies `stoic.invocation_id` from `span` when it has one, so
+        `span`, parented on `parent`, else on the caller's current span (the supervisor's
+        own trace), else a new root. The linked span copies `stoic.invocation_id` from `span` when it has one, so
         `spans_for_invocation` finds it. Put a readable reason in `stoic.reason`. Returns
         the linked span's context. Raises ValueError for an unknown `kind`.
         """
@@ -361,9 +378,37 @@ class Tracing:
         else:
             target_ctx = span
         links = [Link(target_ctx)] if target_ctx is not None and target_ctx.is_valid else []
-        with self.start_span(kind, attributes=attrs, links=links) as own:
+        with self.start_span(kind, parent=parent, attributes=attrs, links=links) as own:
             own.add_event(kind, attrs)
             return own.get_span_context()
+
+    def record_span(
+        self,
+        name: str,
+        parent: trace.Span,
+        start_time: int,
+        end_time: int,
+        attributes: Mapping[str, str | int],
+    ) -> None:
+        """Record a finished span, child of `parent`, that ran from `start_time` to
+        `end_time` (unix ns): for a step timed by the caller (the routing decision), at the
+        cost of one object and no context switch. Nothing if `parent` is not sampled."""
+        if self._disabled or self._shut:
+            return
+        pctx = parent.get_span_context()
+        if not pctx.is_valid or not pctx.trace_flags.sampled:
+            return
+        if not self._lean:
+            sdk_span = self._tracer.start_span(name, context=to_context(parent),
+                                               attributes=attributes, start_time=start_time)
+            sdk_span.end(end_time=end_time)
+            return
+        span = LeanSpan(name, trace.SpanContext(pctx.trace_id, _new_span_id(), False,
+                                                pctx.trace_flags),
+                        pctx, SpanKind.INTERNAL, attributes, (), self._resource, self._scope,
+                        self._sink)
+        span.start_time = start_time
+        span.end(end_time)
 
     def record_worker_spans(
         self,
@@ -392,6 +437,19 @@ class Tracing:
             pctx.trace_id, timing.execute_span_id or _new_span_id(), False, flags)
         handler_ctx = trace.SpanContext(
             pctx.trace_id, timing.handler_span_id or _new_span_id(), False, flags)
+        if self._lean:
+            execute_span = LeanSpan("stoic.worker.execute", execute_ctx, pctx, SpanKind.SERVER,
+                                    attrs, (), self._worker_resource, self._scope, self._sink)
+            execute_span.start_time = timing.execute_start
+            handler_span = LeanSpan("stoic.handler", handler_ctx, execute_ctx,
+                                    SpanKind.INTERNAL, attrs, (), self._worker_resource,
+                                    self._scope, self._sink)
+            handler_span.start_time = timing.handler_start
+            if error:
+                handler_span.status = Status(StatusCode.ERROR, error)
+            execute_span.end(timing.execute_end)
+            handler_span.end(timing.handler_end)
+            return
         execute = ReadableSpan(
             name="stoic.worker.execute", context=execute_ctx, parent=pctx,
             resource=self._worker_resource, attributes=attrs, kind=SpanKind.SERVER,

@@ -341,7 +341,10 @@ def test_start_errors_show_in_the_trace_of_the_waiting_call(client: Client) -> N
     with pytest.raises(Unavailable):
         client.invoke("broken_for_trace", timeout=20, metadata={"x-stoic-invocation-id": inv})
     text = client.trace(inv)
-    assert "start_error" in text, text
+    # A call that waited while the instances failed to start carries the start errors;
+    # under load the pool may already have given up when the call arrives, and then the
+    # call's trace carries that (with the same reason).
+    assert "start_error" in text or "reached_max_restart_intensity" in text, text
     assert "cannot start in a function actor process" in text, text
 
 
