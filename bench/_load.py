@@ -208,7 +208,6 @@ class _Stream:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            await asyncio.sleep(0)  # calls ready this turn join the message
             while self._queue:
                 batch = self._queue[:_BATCH]
                 del self._queue[:_BATCH]

@@ -156,11 +156,16 @@ def bench_invoke(args: argparse.Namespace) -> dict[str, Any]:
         print(line)
     for line in ratio_lines(unary, floor, name="stoic unary Invoke"):
         print(line)
+    def p50_ratio(row: tuple[dict[str, Any], ...]) -> float:
+        return float(row[0]["latency"]["p50_us"] / row[2]["latency"]["p50_us"])
+
     print("throughput ratio by round: " + ", ".join(f"{tput_ratio(p):.2f}" for p in rounds)
           + "  (unary Invoke: " + ", ".join(f"{tput_ratio(p, 1):.2f}" for p in rounds) + ")")
+    print("p50 ratio by round: " + ", ".join(f"{p50_ratio(p):.2f}" for p in rounds))
     return {"stoic": stream, "stoic_unary": unary, "floor": floor,
             "throughput_ratios": [tput_ratio(p) for p in rounds],
-            "unary_throughput_ratios": [tput_ratio(p, 1) for p in rounds]}
+            "unary_throughput_ratios": [tput_ratio(p, 1) for p in rounds],
+            "p50_ratios": [p50_ratio(p) for p in rounds]}
 
 
 # --- restart ----------------------------------------------------------------------------------

@@ -947,7 +947,6 @@ class _InvokerServicer(invoker_pb2_grpc.InvokerServicer):
             while True:
                 await wake.wait()
                 wake.clear()
-                await asyncio.sleep(0)  # let results that are ready now join this one
                 while outbox:
                     batch = outbox[:MAX_BATCH]
                     del outbox[:MAX_BATCH]
@@ -1140,7 +1139,6 @@ class _WorkerServicer(worker_pb2_grpc.WorkerServicer):
             while True:
                 await wake.wait()
                 wake.clear()
-                await asyncio.sleep(0)  # let results that are ready now join this one
                 while outbox:
                     batch = outbox[:MAX_BATCH]
                     del outbox[:MAX_BATCH]
@@ -1436,7 +1434,6 @@ class InvokeStreamClient:
             while True:
                 await wake.wait()
                 wake.clear()
-                await asyncio.sleep(0)  # calls ready this turn join the message
                 while self._queue or self._cancels:
                     batch = self._queue[:MAX_BATCH]
                     del self._queue[:MAX_BATCH]
@@ -1684,9 +1681,8 @@ class WorkerStreamClient:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            # one turn of the loop first: other callers that are ready to run right now
-            # join this message instead of paying for their own
-            await asyncio.sleep(0)
+            # Woken by the first request of a loop turn, this runs in the next turn: the
+            # requests queued by the other tasks of that turn join this message.
             while self._queue:
                 batch = self._queue[:MAX_BATCH]
                 del self._queue[:MAX_BATCH]
