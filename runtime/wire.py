@@ -24,7 +24,7 @@ import os
 import sys
 import time
 import traceback
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, NoReturn, Protocol
 
@@ -871,6 +871,31 @@ class AssignRefused(Exception):
         self.precondition = precondition
 
 
+async def _write_results(
+    write: Callable[[list[Any]], Awaitable[None]], outbox: list[Any], wake: asyncio.Event,
+    finished: Callable[[], bool], what: str,
+) -> None:
+    """A server stream's only writer: whenever woken, send what `outbox` holds, at most
+    MAX_BATCH items and BATCH_BYTES per message; return once `finished()` says no more
+    results will come, or when a write fails (the peer went away: nobody is left to read
+    the results, which are dropped)."""
+    while True:
+        await wake.wait()
+        wake.clear()
+        while outbox:
+            batch = outbox[:MAX_BATCH]
+            del outbox[:MAX_BATCH]
+            try:
+                for chunk in _chunks(batch):
+                    await write(chunk)
+            except Exception as exc:  # grpc raises its own internal types here
+                log.debug("%s closed while writing results: %r", what, exc)
+                outbox.clear()
+                return
+        if finished():
+            return
+
+
 MAX_STREAM_CALLS = 4096
 """At most this many calls in flight on one InvokeStream; more get RESOURCE_EXHAUSTED."""
 
@@ -944,20 +969,9 @@ class _InvokerServicer(invoker_pb2_grpc.InvokerServicer):
             send(result)
 
         async def write_loop() -> None:
-            while True:
-                await wake.wait()
-                wake.clear()
-                while outbox:
-                    batch = outbox[:MAX_BATCH]
-                    del outbox[:MAX_BATCH]
-                    try:
-                        for chunk in _chunks(batch):
-                            await context.write(invoker_pb2.InvokeStreamResponse(results=chunk))
-                    except Exception as exc:  # grpc raises its own internal types here
-                        log.debug("invoke stream closed while writing results: %r", exc)
-                        return  # the client went away: nobody is left to read results
-                if done and not running:
-                    return
+            await _write_results(
+                lambda chunk: context.write(invoker_pb2.InvokeStreamResponse(results=chunk)),
+                outbox, wake, lambda: done and not running, "invoke stream")
 
         def reject(call_id: int, code: grpc.StatusCode, message: str, error: type) -> None:
             send(invoker_pb2.StreamedResult(call_id=call_id, code=code.value[0],
@@ -1136,23 +1150,10 @@ class _WorkerServicer(worker_pb2_grpc.WorkerServicer):
                 wake.set()
 
         async def write_loop() -> None:
-            while True:
-                await wake.wait()
-                wake.clear()
-                while outbox:
-                    batch = outbox[:MAX_BATCH]
-                    del outbox[:MAX_BATCH]
-                    try:
-                        for chunk in _chunks(batch):
-                            await context.write(worker_pb2.ResultBatch(results=chunk))
-                    except Exception as exc:  # grpc raises its own internal types here
-                        # The node went away (closed or broke the stream): nobody is left
-                        # to read results. Drop them; the node re-dispatches what it missed.
-                        log.debug("worker stream closed while writing results: %r", exc)
-                        outbox.clear()
-                        return
-                if finished and not running:
-                    return
+            # if the node goes away, the results are dropped: it re-dispatches what it missed
+            await _write_results(
+                lambda chunk: context.write(worker_pb2.ResultBatch(results=chunk)),
+                outbox, wake, lambda: finished and not running, "worker stream")
 
         async with asyncio.TaskGroup() as tg:
             tg.create_task(write_loop())
