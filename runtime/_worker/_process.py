@@ -607,6 +607,8 @@ class ForkServer:
                         worker._ready.set()
                 await process.stdout.aclose()
             code = await process.wait()
+            with contextlib.suppress(OSError, anyio.BrokenResourceError):
+                await process.aclose()  # its pipes too: no transport left for the GC
             if code < 0:
                 self._on_exit(process.pid, None, -code)
             else:
@@ -705,6 +707,8 @@ class ForkServer:
             if template.returncode is None:
                 template.kill()
                 await template.wait()
+            with contextlib.suppress(OSError, anyio.BrokenResourceError):
+                await template.aclose()  # its pipes too: no transport left for the GC
             self._template_alive = False
 
 
