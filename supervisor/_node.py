@@ -173,6 +173,8 @@ class Node:
         self.pools: dict[str, FunctionPool] = {}
         self._unplaced_since: dict[str, float] = {}
         self._peers: dict[str, tuple[Any, wire.InvokerStub, wire.ControlStub]] = {}
+        # forwarded invocations go over one InvokeStream per peer, as the client's do
+        self._peer_streams: dict[str, wire.InvokeStreamClient] = {}
         # spans of invocations waiting on or running in each local pool (for supervisor
         # events that concern them)
         self._in_flight_spans: dict[str, set[Any]] = {}
@@ -223,6 +225,8 @@ class Node:
                 with anyio.CancelScope(shield=True):
                     await health.enter_graceful_shutdown()
                     await server.stop(grace=1.0)
+                    for stream in self._peer_streams.values():
+                        await stream.aclose()
                     for peer in self._peers.values():
                         await peer[0].close()
                 tg.cancel_scope.cancel()
@@ -558,7 +562,10 @@ class Node:
         self, peer: MemberRecord, request: wire.InvokeRequest, invocation_id: str,
         attempt: int, deadline: float | None, parent: otel_trace.Span | None = None,
     ) -> wire.InvokeResult:
-        _, invoker, _ = self._peer(peer.address)
+        invoker = self._peer_streams.get(peer.address)
+        if invoker is None:
+            channel, _, _ = self._peer(peer.address)
+            invoker = self._peer_streams[peer.address] = wire.InvokeStreamClient(channel)
         with self.tracing.start_span(
                 "stoic.forward", kind=SpanKind.CLIENT, parent=parent,
                 attributes={ATTR_FUNCTION: request.function, ATTR_INVOCATION_ID: invocation_id,
@@ -569,7 +576,7 @@ class Node:
             return await self._forward_call(peer, invoker, request, metadata, deadline)
 
     async def _forward_call(
-        self, peer: MemberRecord, invoker: wire.InvokerStub, request: wire.InvokeRequest,
+        self, peer: MemberRecord, invoker: wire.InvokeStreamClient, request: wire.InvokeRequest,
         metadata: dict[str, str], deadline: float | None,
     ) -> wire.InvokeResult:
         try:
