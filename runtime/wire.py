@@ -1379,6 +1379,7 @@ class InvokeStreamClient:
         self._max_message = max_payload_bytes + _MESSAGE_HEADROOM
         self._call: Any = None
         self._pending: dict[int, asyncio.Future[Any]] = {}
+        self._sent: set[int] = set()
         self._queue: list[Any] = []
         self._cancels: list[int] = []
         self._wake = asyncio.Event()
@@ -1390,10 +1391,13 @@ class InvokeStreamClient:
         return len(self._pending)
 
     def _open(self) -> None:
+        # each stream has its own pending calls: a stream that breaks fails only its own
         self._call = call = self._stub.InvokeStream()
+        self._pending = {}
+        self._sent = sent = set[int]()  # calls handed to gRPC on this stream (they may have run)
         self._wake = asyncio.Event()
-        self._tasks = [asyncio.ensure_future(self._write_loop(call, self._wake)),
-                       asyncio.ensure_future(self._read_loop(call))]
+        self._tasks = [asyncio.ensure_future(self._write_loop(call, self._wake, sent)),
+                       asyncio.ensure_future(self._read_loop(call, self._pending, sent))]
 
     async def invoke(
         self, request: InvokeRequest, *, metadata: Mapping[str, str] | None = None,
@@ -1409,7 +1413,8 @@ class InvokeStreamClient:
         self._next_id += 1
         call_id = self._next_id
         future = asyncio.get_running_loop().create_future()
-        self._pending[call_id] = future
+        pending, sent = self._pending, self._sent
+        pending[call_id] = future
         timeout = _scope_timeout()
         self._queue.append(invoker_pb2.StreamedInvoke(
             call_id=call_id, request=request.to_proto(), timeout=timeout or 0.0,
@@ -1423,13 +1428,14 @@ class InvokeStreamClient:
                 self._wake.set()
             raise
         finally:
-            self._pending.pop(call_id, None)
+            pending.pop(call_id, None)
+            sent.discard(call_id)
         if result.code:
             code = _STATUS_BY_NUMBER.get(result.code, grpc.StatusCode.UNKNOWN)
             raise error_from_status(code, result.message, result.error)
         return InvokeResult.from_proto(result.response)
 
-    async def _write_loop(self, call: Any, wake: asyncio.Event) -> None:
+    async def _write_loop(self, call: Any, wake: asyncio.Event, sent: set[int]) -> None:
         # The only writer on the stream (one write at a time); callers queue instead.
         try:
             while True:
@@ -1440,13 +1446,15 @@ class InvokeStreamClient:
                     del self._queue[:MAX_BATCH]
                     cancels, self._cancels = self._cancels, []
                     for chunk in _chunks(batch) if batch else [[]]:
+                        sent.update(c.call_id for c in chunk)
                         await call.write(invoker_pb2.InvokeStreamRequest(
                             calls=chunk, cancel=cancels))
                         cancels = []
         except (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError):
             return  # the stream is broken; the read loop reports why
 
-    async def _read_loop(self, call: Any) -> None:
+    async def _read_loop(self, call: Any, pending: dict[int, asyncio.Future[Any]],
+                         sent: set[int]) -> None:
         error: StoicError
         try:
             while True:
@@ -1455,7 +1463,7 @@ class InvokeStreamClient:
                     error = ConnectionLost("the node ended the invoke stream")
                     break
                 for result in msg.results:
-                    future = self._pending.get(result.call_id)
+                    future = pending.get(result.call_id)
                     if future is not None and not future.done():
                         future.set_result(result)
         except grpc.aio.AioRpcError as exc:
@@ -1463,12 +1471,16 @@ class InvokeStreamClient:
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if task is not None and task.cancelling():
-                self._fail_all(call, ConnectionLost("the invoke stream was closed"))
+                self._fail_all(call, pending, sent,
+                               ConnectionLost("the invoke stream was closed"))
                 raise
             error = ConnectionLost("the invoke stream broke (cancelled by grpc)")
-        self._fail_all(call, error)
+        self._fail_all(call, pending, sent, error)
 
-    def _fail_all(self, call: Any, error: StoicError) -> None:
+    def _fail_all(self, call: Any, pending: dict[int, asyncio.Future[Any]], sent: set[int],
+                  error: StoicError) -> None:
+        """Fail the calls waiting on `call`: with `error` those that were sent (they may
+        have run), with Unreachable those that never left (safe to send elsewhere)."""
         if self._call is call:  # the next invoke opens a new stream
             self._call = None
             self._queue.clear()
@@ -1477,9 +1489,11 @@ class InvokeStreamClient:
                 if task is not asyncio.current_task():
                     task.cancel()
             call.cancel()
-        for future in self._pending.values():
+        for call_id, future in pending.items():
             if not future.done():
-                future.set_exception(type(error)(str(error)))
+                future.set_exception(
+                    type(error)(str(error)) if call_id in sent
+                    else Unreachable(f"not sent, the invoke stream broke: {error}"))
 
     async def aclose(self) -> None:
         """End the stream; calls waiting on it raise ConnectionLost. Idempotent (a later

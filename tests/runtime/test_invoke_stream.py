@@ -15,10 +15,12 @@ import pytest
 
 from runtime import (
     AsyncClient,
+    ConnectionLost,
     FunctionNotFound,
     InvalidInput,
     InvocationTimeout,
     LimitExceeded,
+    Unreachable,
 )
 from runtime._proto.stoic.v1 import invoker_pb2
 from runtime.wire import MAX_BATCH, InvokeRequest, InvokerStub, open_channel
@@ -207,3 +209,28 @@ async def test_client_refuses_a_message_over_the_limit_without_breaking_the_stre
     assert not error.retryable
     assert fine.value == 2
     assert [c[0] for c in node.calls] == ["invoke", "invoke"]  # the big one never left
+
+
+async def test_a_broken_stream_is_replaced_by_the_next_call() -> None:
+    async with serve(FakeNode("first")) as (target, _):
+        port = int(target.rsplit(":", 1)[1])
+        client = AsyncClient(target)
+        assert (await client.invoke("echo", 1)).placement.node_id == "first"
+    try:
+        # The node is gone. A call made before the client saw the stream break may have
+        # been handed to gRPC on it (ConnectionLost, it may have run); once the break is
+        # seen, a call is not sent at all (Unreachable, safe to send elsewhere).
+        with anyio.fail_after(10), pytest.raises((Unreachable, ConnectionLost)) as info:
+            await client.invoke("echo", 2)
+        assert info.value.retryable
+        async with serve(FakeNode("second"), port=port):
+            with anyio.fail_after(10):
+                while True:  # the channel reconnects with backoff; each call is bounded
+                    try:
+                        result = await client.invoke("echo", 3, timeout=2)
+                        break
+                    except Unreachable:
+                        await anyio.sleep(0.05)
+    finally:
+        await client.aclose()
+    assert result.placement.node_id == "second" and result.value == 3
