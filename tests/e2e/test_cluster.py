@@ -121,15 +121,16 @@ def test_paused_node_is_fenced_and_rejoins(tmp_path: Path) -> None:
         with Client([cluster.addresses[0]]) as c:
             os.kill(victim.pid, signal.SIGSTOP)
             try:
-                poll(lambda: not next(n for n in c.status().nodes
-                                      if n.node_id == victim.node_id).healthy,
+                # out: listed as unhealthy, or not listed once its lease record is gone
+                poll(lambda: not any(n.healthy for n in c.status().nodes
+                                     if n.node_id == victim.node_id),
                      what="paused node out of routing")
                 for i in range(20):  # traffic keeps flowing without it
                     assert c.invoke("echo", i).value == i
             finally:
                 os.kill(victim.pid, signal.SIGCONT)
-            poll(lambda: next(n for n in c.status().nodes
-                              if n.node_id == victim.node_id).healthy,
+            poll(lambda: any(n.healthy for n in c.status().nodes
+                             if n.node_id == victim.node_id),
                  what="paused node rejoined")
         log = Path(victim.log_path).read_text()
         assert "lease lapsed while paused" in log
@@ -149,8 +150,8 @@ def test_killed_node_restarted_rejoins_and_serves(tmp_path: Path) -> None:
             poll(lambda: not any(n.healthy for n in c.status().nodes
                                  if n.node_id == victim.node_id), what="node down")
             cluster.restart_node(victim.node_id)
-            poll(lambda: next(n for n in c.status().nodes
-                              if n.node_id == victim.node_id).healthy, what="node back")
+            poll(lambda: any(n.healthy for n in c.status().nodes
+                             if n.node_id == victim.node_id), what="node back")
         with Client(victim.address) as v:
             poll(lambda: v.invoke("whoami").value["zone"] == victim.zone, what="whoami local")
 
