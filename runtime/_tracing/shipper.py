@@ -1,70 +1,49 @@
 """Span export out of the node's process: `SpanShipper` hands finished spans to a child
-process (`python -m runtime._tracing.shipper`) that encodes them and sends them over
-OTLP/gRPC.
+process (`python -m runtime._tracing.shipper`) that sends them over OTLP/gRPC.
 
-Why: turning a span into OTLP protobuf costs tens of microseconds of Python per span, and
-in the node it runs under the node's GIL, that is, on the core that runs every
-invocation's event loop. Here the node only appends the span to a bounded queue; a thread
-turns a batch into one JSON line (mostly C code) and writes it to the child's stdin, and
-the child encodes OTLP protobuf and sends it with the SDK's own OTLP exporter (its channel,
-TLS, headers, timeout and retries).
+Why: the node's event loop runs every invocation, under the node's GIL. Here the node only
+appends the span to a bounded queue; a thread writes each batch as OTLP protobuf bytes
+(`otlp_wire.Encoder`: a few microseconds a span, the repeated parts cached) to the child's
+stdin; the child parses them into the generated message (C code) and sends them with the
+SDK's own OTLP exporter (its channel, TLS, headers, timeout and retries).
 
-The pipe carries only our own JSON (never pickle). Memory stays bounded: when the queue is
-full (the child or the collector is slow), new spans are dropped and counted, as the
-SDK's BatchSpanProcessor does. The child dies with the node (parent-death signal) and ends
-when its stdin closes.
+The pipe carries only OTLP protobuf and flush tokens (never pickle). Memory stays bounded:
+when the queue is full (the child or the collector is slow), new spans are dropped and
+counted, as the SDK's BatchSpanProcessor does. The child dies with the node (parent-death
+signal) and ends when its stdin closes.
 
-Lines from the node to the child (one JSON value each):
-- `{"resource": N, "attributes": {...}}` declares resource number N (sent once each);
-- `[[span], ...]` a batch of spans (see `_encode`);
-- `{"flush": K}`: the child answers `flushed K` on its stdout once everything before
-  it was exported.
+Frames from the node to the child: one type byte, a 4-byte big-endian length, the body.
+- `S`: an ExportTraceServiceRequest, serialized;
+- `F`: a flush token (ASCII digits); the child answers `flushed K` on its stdout once
+  everything before it was exported.
 """
 
 from __future__ import annotations
 
 import collections
-import json
 import logging
 import os
 import select
+import struct
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import IO, Any
 
 from opentelemetry import context as otel_context
-from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
-from opentelemetry.trace import SpanKind, StatusCode
+
+from runtime._tracing.otlp_wire import Encoder
 
 __all__ = ["SpanShipper"]
 
 log = logging.getLogger("stoic.tracing")
 
-_KINDS = list(SpanKind)
-_CODES = list(StatusCode)
-
-
-def _encode(span: ReadableSpan, resource: int) -> list[Any]:
-    ctx = span.context
-    parent = span.parent
-    status = span.status
-    return [
-        span.name, ctx.trace_id if ctx else 0, ctx.span_id if ctx else 0,
-        int(ctx.trace_flags) if ctx else 0,
-        parent.span_id if parent else 0, bool(parent.is_remote) if parent else False,
-        span.start_time or 0, span.end_time or 0, _KINDS.index(span.kind),
-        _CODES.index(status.status_code), status.description or "",
-        dict(span.attributes or {}),
-        [[e.name, e.timestamp, dict(e.attributes or {})] for e in span.events],
-        [[ln.context.trace_id, ln.context.span_id, int(ln.context.trace_flags),
-          dict(ln.attributes or {})] for ln in span.links],
-        resource,
-        span.instrumentation_scope.name if span.instrumentation_scope else "stoic",
-    ]
+_HEADER = struct.Struct(">cI")
+#: The largest frame the child accepts (a batch of max_export_batch_size spans is far less).
+MAX_FRAME = 64 << 20
 
 
 class SpanShipper(SpanProcessor):
@@ -87,8 +66,7 @@ class SpanShipper(SpanProcessor):
         self._delay = (schedule_delay_millis or 200) / 1000.0
         self._max_batch = max_export_batch_size or 512
         self._queue: collections.deque[ReadableSpan] = collections.deque()
-        self._resources: dict[int, int] = {}  # id(Resource) -> number sent to the child
-        self._resource_refs: list[Resource] = []  # keeps ids stable
+        self._encoder = Encoder()  # used by the shipping thread only
         self.dropped = 0
         self._wake = threading.Event()
         self._lock = threading.Lock()  # the pipe: the thread and force_flush write to it
@@ -140,19 +118,8 @@ class SpanShipper(SpanProcessor):
             self._write(batch)
 
     def _write(self, batch: list[ReadableSpan]) -> None:
-        lines: list[bytes] = []
-        items = []
-        for span in batch:
-            resource = span.resource
-            number = self._resources.get(id(resource))
-            if number is None:
-                number = self._resources[id(resource)] = len(self._resource_refs)
-                self._resource_refs.append(resource)
-                lines.append(json.dumps({"resource": number,
-                                         "attributes": dict(resource.attributes)}).encode())
-            items.append(_encode(span, number))
-        lines.append(json.dumps(items).encode())
-        self._send(b"\n".join(lines) + b"\n")
+        body = self._encoder.request(batch)
+        self._send(_HEADER.pack(b"S", len(body)) + body)
 
     def _send(self, data: bytes) -> bool:
         with self._lock:
@@ -180,7 +147,8 @@ class SpanShipper(SpanProcessor):
         proc = self._proc
         if proc is None or proc.stdout is None:
             return False
-        if not self._send(json.dumps({"flush": token}).encode() + b"\n"):
+        body = str(token).encode()
+        if not self._send(_HEADER.pack(b"F", len(body)) + body):
             return False
         return _await_line(proc.stdout, f"flushed {token}".encode(), deadline)
 
@@ -230,83 +198,48 @@ def _await_line(stream: IO[bytes], expected: bytes, deadline: float) -> bool:
 
 # --- the child ----------------------------------------------------------------------------
 
-class _Encoder:
-    """JSON span items -> one OTLP ExportTraceServiceRequest, directly (no ReadableSpan,
-    no per-span resource hashing): the SDK's encoder cost this process ~60 µs a span."""
-
-    def __init__(self) -> None:
-        from opentelemetry.proto.common.v1 import common_pb2
-        from opentelemetry.proto.resource.v1 import resource_pb2
-        from opentelemetry.proto.trace.v1 import trace_pb2
-
-        self._c = common_pb2
-        self._r = resource_pb2
-        self._t = trace_pb2
-        self.resources: dict[int, Any] = {}  # number -> resource_pb2.Resource
-
-    def resource(self, number: int, attributes: Mapping[str, Any]) -> None:
-        self.resources[number] = self._r.Resource(attributes=self._attrs(attributes))
-
-    def _value(self, v: Any) -> Any:
-        c = self._c
-        if isinstance(v, bool):
-            return c.AnyValue(bool_value=v)
-        if isinstance(v, int):
-            return c.AnyValue(int_value=v)
-        if isinstance(v, float):
-            return c.AnyValue(double_value=v)
-        if isinstance(v, list | tuple):
-            return c.AnyValue(array_value=c.ArrayValue(values=[self._value(x) for x in v]))
-        return c.AnyValue(string_value=str(v))
-
-    def _attrs(self, attributes: Mapping[str, Any]) -> list[Any]:
-        kv = self._c.KeyValue
-        return [kv(key=k, value=self._value(v)) for k, v in attributes.items()]
-
-    def request(self, items: Sequence[Sequence[Any]]) -> Any:
-        from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
-
-        t = self._t
-        by_resource: dict[tuple[int, str], list[Any]] = {}
-        for (name, trace_id, span_id, _flags, parent_id, parent_remote, start, end, kind,
-             code, description, attributes, events, links, resource, scope) in items:
-            tid = trace_id.to_bytes(16, "big")
-            span = t.Span(
-                trace_id=tid, span_id=span_id.to_bytes(8, "big"),
-                parent_span_id=parent_id.to_bytes(8, "big") if parent_id else b"",
-                name=name, kind=kind + 1, start_time_unix_nano=start, end_time_unix_nano=end,
-                attributes=self._attrs(attributes),
-                events=[t.Span.Event(name=n, time_unix_nano=ts, attributes=self._attrs(a))
-                        for n, ts, a in events],
-                links=[t.Span.Link(trace_id=lt.to_bytes(16, "big"),
-                                   span_id=ls.to_bytes(8, "big"),
-                                   attributes=self._attrs(la)) for lt, ls, _f, la in links],
-                status=t.Status(code=code, message=description),
-                flags=0x100 | (0x200 if parent_id and parent_remote else 0),
-            )
-            by_resource.setdefault((resource, scope), []).append(span)
-        return trace_service_pb2.ExportTraceServiceRequest(resource_spans=[
-            t.ResourceSpans(
-                resource=self.resources.get(number),
-                scope_spans=[t.ScopeSpans(scope=self._c.InstrumentationScope(name=scope),
-                                          spans=spans)])
-            for (number, scope), spans in by_resource.items()])
+def _read_exactly(stream: IO[bytes], n: int) -> bytes | None:
+    """`n` bytes from `stream`, or None at end of input (a partial frame counts as end)."""
+    data = stream.read(n)
+    if data is None or len(data) < n:
+        return None
+    return data
 
 
-class _Encoded(list):  # type: ignore[type-arg]
-    """A batch already encoded; len() is its span count (the exporter counts spans)."""
+def _frames(stream: IO[bytes]) -> Any:
+    """(type, body) frames until end of input or a malformed header."""
+    while True:
+        header = _read_exactly(stream, _HEADER.size)
+        if header is None:
+            return
+        kind, size = _HEADER.unpack(header)
+        if kind not in (b"S", b"F") or size > MAX_FRAME:
+            log.error("span exporter: malformed frame (type %r, %d bytes); stopping", kind, size)
+            return
+        body = _read_exactly(stream, size)
+        if body is None:
+            return
+        yield kind, body
+
+
+class _Batch(list):  # type: ignore[type-arg]
+    """A parsed request; len() is its span count (the exporter counts spans)."""
 
     request: Any = None
 
 
 def _child_main() -> int:
+    from google.protobuf.message import DecodeError
     from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+        ExportTraceServiceRequest,
+    )
 
     from runtime._tracing.config import otlp_endpoint
     from runtime._worker._limits import die_with_parent
 
     class _Exporter(OTLPSpanExporter):
-        # The SDK exporter's channel, headers, TLS, timeout and retries, with our encoding.
+        # The SDK exporter's channel, headers, TLS, timeout and retries; the node encoded.
         def _translate_data(self, data: Any) -> Any:  # type: ignore[override]
             return data.request
 
@@ -318,22 +251,21 @@ def _child_main() -> int:
         return 0
     exporter = _Exporter(endpoint=endpoint.url, insecure=endpoint.insecure,
                          timeout=endpoint.timeout)
-    encoder = _Encoder()
     out = sys.stdout.buffer
-    for raw in sys.stdin.buffer:
-        if not raw.strip():
+    for kind, body in _frames(sys.stdin.buffer):
+        if kind == b"F":
+            out.write(b"flushed " + body + b"\n")
+            out.flush()
             continue
-        msg = json.loads(raw)
-        if isinstance(msg, dict):
-            if "resource" in msg:
-                encoder.resource(int(msg["resource"]), msg.get("attributes") or {})
-            elif "flush" in msg:
-                out.write(f"flushed {msg['flush']}\n".encode())
-                out.flush()
+        try:
+            request = ExportTraceServiceRequest.FromString(body)
+        except DecodeError as exc:
+            log.error("span exporter: a batch did not parse (%s); dropped", exc)
             continue
-        if msg:
-            batch = _Encoded([None] * len(msg))
-            batch.request = encoder.request(msg)
+        count = sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans)
+        if count:
+            batch = _Batch([None] * count)
+            batch.request = request
             exporter.export(batch)
     exporter.shutdown()
     return 0

@@ -1,0 +1,96 @@
+"""The hand-written OTLP encoder says exactly what the SDK's encoder says."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import Event, ReadableSpan
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
+from opentelemetry.trace.span import TraceState
+
+from runtime._tracing.lean import LeanSpan
+from runtime._tracing.otlp_wire import Encoder, encode_request
+
+NODE = Resource({"service.name": "stoic", "service.instance.id": "a1",
+                 "cloud.availability_zone": "a"})
+WORKER = NODE.merge(Resource({"stoic.role": "worker"}))
+SCOPE = InstrumentationScope("stoic")
+TRACE = 0x0AF7651916CD43DD8448EB211C80319C
+
+
+def _ctx(span_id: int, *, remote: bool = False, state: TraceState | None = None) -> SpanContext:
+    return SpanContext(TRACE, span_id, remote, TraceFlags(TraceFlags.SAMPLED), state)
+
+
+def _spans() -> list[ReadableSpan]:
+    root = ReadableSpan(
+        name="stoic.node.receive", context=_ctx(1), parent=_ctx(0xB7AD6B7169203331, remote=True),
+        resource=NODE, kind=SpanKind.SERVER, start_time=10, end_time=20,
+        attributes={"stoic.function": "echo", "stoic.invocation_id": "ab" * 16},
+        instrumentation_scope=SCOPE)
+    odd = ReadableSpan(
+        name="välue ✓", context=_ctx(2, state=TraceState([("vendor", "x1")])), parent=_ctx(1),
+        resource=NODE, kind=SpanKind.CLIENT, start_time=2**63, end_time=2**64 - 1,
+        attributes={"f": 1.5, "neg": -3, "big": 2**62, "b": True, "no": False, "empty": "",
+                    "strs": ("x", "y"), "ints": (1, -2), "long": "z" * 300},
+        events=[Event("child_terminated", {"stoic.reason": "killed by SIGKILL", "n": 2},
+                      timestamp=123)],
+        links=[Link(_ctx(7, remote=True), {"l": 1}), Link(_ctx(8))],
+        status=Status(StatusCode.ERROR, "ValueError: bad"), instrumentation_scope=SCOPE)
+    ok = ReadableSpan(
+        name="stoic.handler", context=_ctx(3), parent=_ctx(2), resource=WORKER,
+        kind=SpanKind.INTERNAL, start_time=11, end_time=19, status=Status(StatusCode.OK),
+        attributes={"process.pid": 4242}, instrumentation_scope=InstrumentationScope("user"))
+    return [root, odd, ok]
+
+
+def _flat(request: ExportTraceServiceRequest) -> list[tuple[object, str, object]]:
+    return sorted(((rs.resource.SerializeToString(deterministic=True), ss.scope.name,
+                    span.SerializeToString(deterministic=True))
+                   for rs in request.resource_spans for ss in rs.scope_spans
+                   for span in ss.spans), key=repr)
+
+
+def test_same_message_as_the_sdk_encoder() -> None:
+    spans = _spans()
+    ours = ExportTraceServiceRequest.FromString(encode_request(spans))
+    assert _flat(ours) == _flat(encode_spans(spans))
+    # grouped: one ResourceSpans per resource, the scopes inside it
+    assert len(ours.resource_spans) == 2
+
+
+def test_lean_spans_and_the_caches_give_the_same_bytes_again() -> None:
+    """A LeanSpan encodes as the equivalent ReadableSpan; a warm encoder (cached names,
+    attributes, resources) gives the same bytes as a cold one."""
+    lean = LeanSpan("stoic.attempt", _ctx(5), _ctx(1), SpanKind.INTERNAL,
+                    {"stoic.attempt": 2, "stoic.function": "echo"}, (), NODE, SCOPE,
+                    lambda span: None)
+    lean.add_event("waiting for membership")
+    lean.end(lean.start_time + 1000)
+    readable = ReadableSpan(
+        name=lean.name, context=lean.context, parent=lean.parent, resource=NODE,
+        attributes=lean.attributes, events=lean.events, kind=lean.kind,
+        start_time=lean.start_time, end_time=lean.end_time, instrumentation_scope=SCOPE)
+    assert _flat(ExportTraceServiceRequest.FromString(encode_request([lean]))) == \
+        _flat(encode_spans([readable]))
+    warm = Encoder(cache_size=2)  # tiny: the caches clear and refill along the way
+    for _ in range(3):
+        assert warm.request([*_spans(), lean]) == Encoder().request([*_spans(), lean])
+
+
+def test_the_exporter_child_stops_at_a_malformed_frame() -> None:
+    """The child reads typed, length-prefixed frames; garbage ends it cleanly (exit 0)
+    instead of being parsed, and a flush token before it is answered."""
+    env = {**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "runtime._tracing.shipper"], env=env, timeout=60,
+        input=b"F\x00\x00\x00\x017" + b"X\xff\xff\xff\xffgarbage", capture_output=True)
+    assert proc.returncode == 0
+    assert proc.stdout == b"flushed 7\n"
+    assert b"malformed frame" in proc.stderr
