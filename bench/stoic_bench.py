@@ -375,23 +375,100 @@ def bench_async(args: argparse.Namespace) -> dict[str, Any]:
 
 
 # --- tracing ----------------------------------------------------------------------------------
+_ROLES = (("runtime._tracing.shipper", "exporter"), ("bench.otlp_sink", "sink"),
+          ("supervisor.cli", "node"), ("runtime._worker", "worker"))
+
+
+def _process_cpu(roots: Sequence[int]) -> dict[str, float]:
+    """CPU seconds (user + system) used so far by `roots` and their descendants, summed by
+    role (node, worker, exporter, sink; others are left out), read from /proc."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    parent: dict[int, int] = {}
+    cpu: dict[int, float] = {}
+    role: dict[int, str] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read().rsplit(b")", 1)[1].split()
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue  # it exited meanwhile
+        pid = int(entry)
+        parent[pid] = int(stat[1])
+        cpu[pid] = (int(stat[11]) + int(stat[12])) / ticks
+        role[pid] = next((name for marker, name in _ROLES if marker in cmdline), "")
+    wanted = set(roots)
+    for _ in range(16):  # descendants, depth-bounded
+        more = {pid for pid, ppid in parent.items() if ppid in wanted} - wanted
+        if not more:
+            break
+        wanted |= more
+    out: dict[str, float] = {}
+    for pid in wanted:
+        if role.get(pid):
+            out[role[pid]] = out.get(role[pid], 0.0) + cpu.get(pid, 0.0)
+    return out
+
+
+def _settled(roots: Sequence[int], timeout: float = 15.0) -> None:
+    """Wait (bounded) until the processes under `roots` are idle, so that start-up work
+    (the exporter child importing the OTLP exporter, say) is not counted as per-call CPU."""
+    deadline = time.monotonic() + timeout
+    last = sum(_process_cpu(roots).values())
+    while time.monotonic() < deadline:
+        time.sleep(0.3)  # a sampling interval, not a wait for an event
+        now = sum(_process_cpu(roots).values())
+        if now - last < 0.02:
+            return
+        last = now
+
+
+@contextmanager
+def _otlp_sink() -> Iterator[tuple[str, Callable[[], int], int]]:
+    """A `bench.otlp_sink` process: yields (endpoint, spans received so far, its pid)."""
+    import subprocess
+
+    from bench._floor import child_env, stop_process
+
+    proc = subprocess.Popen([sys.executable, "-m", "bench.otlp_sink"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, env=child_env(), text=True)
+    try:
+        assert proc.stdout is not None and proc.stdin is not None
+        line = proc.stdout.readline().split()
+        if len(line) != 2 or line[0] != "PORT":
+            raise RuntimeError(f"bench.otlp_sink did not start (printed {line!r})")
+        stdin, stdout = proc.stdin, proc.stdout
+
+        def count() -> int:
+            stdin.write("count\n")
+            stdin.flush()
+            return int(stdout.readline())
+
+        yield f"http://127.0.0.1:{line[1]}", count, proc.pid
+    finally:
+        stop_process(proc)
+
+
 def bench_tracing(args: argparse.Namespace) -> dict[str, Any]:
     """Warm invoke throughput and p50 with tracing off, with the local recorder only (the
-    default), and exporting every span over OTLP/gRPC to a receiver. The three modes run
-    `--rounds` times, interleaved (the order rotates each round), and each mode reports its
-    median round: on a noisy machine one run each would measure the noise."""
-    sys.path.insert(0, str(ROOT))
-    from tests.fixtures.otlp import OtlpReceiver
-
+    default), and exporting every span over OTLP/gRPC to a sink process (a collector's
+    stand-in that parses and counts). The three modes run `--rounds` times, interleaved
+    (the order rotates each round), and each mode reports its median round: on a noisy
+    machine one run each would measure the noise. CPU per call by process role is read
+    from /proc around each measurement."""
     settings = LoadSettings(latency_count=args.count, throughput_count=args.count * 3,
                             concurrency=args.concurrency, warmup=min(200, args.count),
                             api="stream")  # as the Python client calls
+    calls = settings.latency_count + settings.throughput_count
     rounds: dict[str, list[dict[str, Any]]] = {}
-    with OtlpReceiver() as receiver:
+    with _otlp_sink() as (endpoint, spans_received, sink_pid):
         modes = [
             ("off (OTEL_SDK_DISABLED)", {"OTEL_SDK_DISABLED": "true"}),
             ("local recorder (default)", {}),
-            ("OTLP export", {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint}),
+            ("OTLP export", {"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint}),
         ]
         for r in range(args.rounds):
             for label, env in modes[r % 3:] + modes[:r % 3]:
@@ -401,9 +478,16 @@ def bench_tracing(args: argparse.Namespace) -> dict[str, Any]:
 
                     with Client(c.addresses) as warm:
                         assert warm.invoke("echo", 1).value == 1
-                    rounds.setdefault(label, []).append(
-                        measure_target(c.addresses[0], settings, progress=_say))
-        spans = len(receiver.spans)
+                    roots = [os.getpid(), sink_pid]
+                    _settled(roots)
+                    before = _process_cpu(roots)
+                    run = measure_target(c.addresses[0], settings, progress=_say)
+                    after = _process_cpu(roots)
+                    run["cpu_us_per_call"] = {
+                        k: round((after[k] - before.get(k, 0.0)) / calls * 1e6)
+                        for k in sorted(after)}
+                    rounds.setdefault(label, []).append(run)
+        spans = spans_received()
 
     def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
         ordered = sorted(runs, key=lambda m: m["throughput"]["calls_per_s"])
@@ -417,6 +501,13 @@ def bench_tracing(args: argparse.Namespace) -> dict[str, Any]:
         tput = r["throughput"]["calls_per_s"]
         each = ", ".join(f"{m['throughput']['calls_per_s']:.0f}" for m in rounds[label])
         print(f"throughput ratio ({label} / off): {tput / base:.2f}  (calls/s by round: {each})")
+    for label, runs in rounds.items():
+        cpu: dict[str, list[int]] = {}
+        for m in runs:
+            for k, v in m["cpu_us_per_call"].items():
+                cpu.setdefault(k, []).append(v)
+        shown = ", ".join(f"{k} {sorted(v)[len(v) // 2]}" for k, v in sorted(cpu.items()))
+        print(f"CPU µs per call, median of rounds ({label}): {shown}")
     print(f"spans received over OTLP: {spans}")
     results["spans_received"] = spans
     results["rounds"] = {label: [m["throughput"]["calls_per_s"] for m in runs]

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode
 
-__all__ = ["SpanLike", "encode_request", "Encoder"]
+__all__ = ["Encoder", "Entry", "SpanLike", "encode_request"]
 
 _PACK_Q = struct.Struct("<Q").pack
 _PACK_d = struct.Struct("<d").pack
@@ -115,75 +115,94 @@ def _key_value(key: str, value: Any) -> bytes:
     return _string(b"\x0a", key) + _field(b"\x12", _any_value(value))
 
 
+#: A span ready to be sent: (its resource, its scope's name, the ScopeSpans.spans field).
+Entry = tuple[Any, str, bytes]
+
+
 class Encoder:
     """Encodes spans into ExportTraceServiceRequest bytes, caching the repeated parts.
 
-    One per shipping thread (not thread-safe). The caches are bounded: each is cleared when
-    it reaches `cache_size` entries, so a stream of never-repeating values costs memory in
-    proportion to `cache_size`, not to the spans seen.
+    In two steps, so that the per-span work can run where the span ends and the batching
+    elsewhere: `entry(span)` encodes one span (the cost that counts), `assemble(entries)`
+    groups encoded spans by resource and scope into a request (joins of bytes). Each step's
+    caches are its own, so one thread may call `entry` while another calls `assemble`;
+    two threads calling the same step share dict caches whose single operations are atomic
+    in CPython (a lost entry costs a re-encoding, never a wrong byte). The caches are
+    bounded: each is cleared when it reaches `cache_size` entries, so a stream of
+    never-repeating values costs memory in proportion to `cache_size`, not to the spans
+    seen.
     """
 
     def __init__(self, cache_size: int = 4096) -> None:
         self._cache_size = cache_size
         self._attrs: dict[tuple[str, Any, type], bytes] = {}  # -> Span.attributes field
         self._heads: dict[tuple[str, SpanKind], bytes] = {}  # -> name + kind fields
+        self._trace: tuple[int, bytes] = (0, b"")  # the last trace id and its field
         self._resources: dict[int, tuple[Any, bytes]] = {}  # id(resource) -> (it, field)
         self._scopes: dict[str, bytes] = {}  # scope name -> ScopeSpans.scope field
 
-    def _attribute(self, key: str, value: Any, tag: bytes) -> bytes:
-        """`tag` + a KeyValue (Span.attributes is field 9, Event's and Link's are 3 and 4)."""
-        if tag != b"\x4a" or type(value) not in (str, int, bool, float):
-            return _field(tag, _key_value(key, value))
-        ck = (key, value, type(value))
+    def _attribute(self, key: str, value: Any) -> bytes:
+        """A Span.attributes field (tag 9 + KeyValue), cached for plain values."""
+        kind = type(value)
+        if kind is not str and kind is not int and kind is not bool and kind is not float:
+            return _field(b"\x4a", _key_value(key, value))
+        ck = (key, value, kind)
         hit = self._attrs.get(ck)
         if hit is None:
             if len(self._attrs) >= self._cache_size:
                 self._attrs.clear()
-            hit = self._attrs[ck] = _field(tag, _key_value(key, value))
+            hit = self._attrs[ck] = _field(b"\x4a", _key_value(key, value))
         return hit
 
-    def _attributes(self, attributes: Mapping[str, Any] | None, tag: bytes) -> list[bytes]:
-        if not attributes:
-            return []
-        attribute = self._attribute
-        return [attribute(k, v, tag) for k, v in attributes.items()]
-
     def span(self, span: SpanLike) -> bytes:
-        """One Span message's body."""
+        """One Span message's body (b"" for a span without a context)."""
         ctx = span.context
         if ctx is None:
             return b""
-        head = self._heads.get((span.name, span.kind))
+        # SpanContext is a tuple: (trace_id, span_id, is_remote, trace_flags, trace_state, ..)
+        trace_id, span_id, _, _, trace_state = ctx[:5]
+        last_id, trace_field = self._trace
+        if trace_id != last_id:  # the spans of one invocation end close together
+            trace_field = b"\x0a\x10" + trace_id.to_bytes(16, "big") + b"\x12\x08"
+            self._trace = (trace_id, trace_field)
+        name, kind = span.name, span.kind
+        head = self._heads.get((name, kind))
         if head is None:
             if len(self._heads) >= self._cache_size:
                 self._heads.clear()
-            head = self._heads[(span.name, span.kind)] = (
-                _string(b"\x2a", span.name) + b"\x30" + _SMALL[_KIND.get(span.kind, 0)])
-        parts = [b"\x0a\x10", ctx.trace_id.to_bytes(16, "big"),
-                 b"\x12\x08", ctx.span_id.to_bytes(8, "big")]
-        if ctx.trace_state:
-            parts.append(_string(b"\x1a", ctx.trace_state.to_header()))
+            head = self._heads[(name, kind)] = (
+                _string(b"\x2a", name) + b"\x30" + _SMALL[_KIND.get(kind, 0)])
+        parts = [trace_field, span_id.to_bytes(8, "big")]
+        if trace_state:
+            parts.append(_string(b"\x1a", trace_state.to_header()))
         parent = span.parent
-        if parent is not None and parent.span_id:
-            parts += (b"\x22\x08", parent.span_id.to_bytes(8, "big"))
-        parts += (head, b"\x39", _PACK_Q(span.start_time or 0),
-                  b"\x41", _PACK_Q(span.end_time or span.start_time or 0))
+        remote = False
+        if parent is not None:
+            if parent[1]:
+                parts += (b"\x22\x08", parent[1].to_bytes(8, "big"))
+            remote = parent[2]
+        start = span.start_time or 0
+        parts += (head, b"\x39", _PACK_Q(start), b"\x41", _PACK_Q(span.end_time or start))
         attributes = span.attributes
         if attributes:
-            attribute = self._attribute
-            for k, v in attributes.items():
-                parts.append(attribute(k, v, b"\x4a"))
-        for event in span.events:
-            parts.append(_field(b"\x5a", b"".join([
-                b"\x09", _PACK_Q(event.timestamp or 0), _string(b"\x12", event.name),
-                *self._attributes(event.attributes, b"\x1a")])))
-        for link in span.links:
-            lc = link.context
-            parts.append(_field(b"\x6a", b"".join([
-                b"\x0a\x10", lc.trace_id.to_bytes(16, "big"),
-                b"\x12\x08", lc.span_id.to_bytes(8, "big"),
-                *self._attributes(link.attributes, b"\x22"),
-                b"\x35", _PACK_I(0x300 if lc.is_remote else 0x100)])))
+            attrs = self._attrs
+            for key, value in attributes.items():
+                vtype = type(value)
+                hit = attrs.get((key, value, vtype)) if vtype is str or vtype is int else None
+                parts.append(hit if hit is not None else self._attribute(key, value))
+        if span.events:
+            for event in span.events:
+                parts.append(_field(b"\x5a", b"".join([
+                    b"\x09", _PACK_Q(event.timestamp or 0), _string(b"\x12", event.name),
+                    *_attribute_fields(event.attributes, b"\x1a")])))
+        if span.links:
+            for link in span.links:
+                lc = link.context
+                parts.append(_field(b"\x6a", b"".join([
+                    b"\x0a\x10", lc.trace_id.to_bytes(16, "big"),
+                    b"\x12\x08", lc.span_id.to_bytes(8, "big"),
+                    *_attribute_fields(link.attributes, b"\x22"),
+                    b"\x35", _PACK_I(0x300 if lc.is_remote else 0x100)])))
         status = span.status
         if status.status_code is StatusCode.UNSET and not status.description:
             parts.append(b"\x7a\x00")  # present and empty, as the SDK's encoder sends it
@@ -193,9 +212,18 @@ class Encoder:
             if code:
                 body += b"\x18" + _SMALL[code]
             parts.append(_field(b"\x7a", body))
-        parts.append(_FLAGS_REMOTE if parent is not None and parent.is_remote
-                     else _FLAGS_LOCAL)
+        parts.append(_FLAGS_REMOTE if remote else _FLAGS_LOCAL)
         return b"".join(parts)
+
+    def entry(self, span: SpanLike) -> Entry | None:
+        """`span` encoded as a ScopeSpans.spans field, with what `assemble` groups it by;
+        None for a span without a context."""
+        body = self.span(span)
+        if not body:
+            return None
+        scope = span.instrumentation_scope
+        return (span.resource, scope.name if scope is not None else "stoic",
+                b"\x12" + _len(len(body)) + body)
 
     def _resource(self, resource: Any) -> bytes:
         """ResourceSpans.resource field for `resource` (an SDK Resource), cached."""
@@ -218,23 +246,30 @@ class Encoder:
             hit = self._scopes[name] = _field(b"\x0a", _string(b"\x0a", name))
         return hit
 
-    def request(self, spans: Iterable[SpanLike]) -> bytes:
-        """An ExportTraceServiceRequest holding `spans`, grouped by resource and scope."""
+    def assemble(self, entries: Iterable[Entry]) -> bytes:
+        """An ExportTraceServiceRequest of encoded spans, grouped by resource and scope."""
         groups: dict[tuple[int, str], tuple[Any, list[bytes]]] = {}
-        for span in spans:
-            scope = span.instrumentation_scope
-            key = (id(span.resource), scope.name if scope is not None else "stoic")
-            group = groups.get(key)
+        for resource, scope_name, field in entries:
+            group = groups.get((id(resource), scope_name))
             if group is None:
-                group = groups[key] = (span.resource, [])
-            body = self.span(span)
-            if body:
-                group[1].append(b"\x12" + _len(len(body)) + body)
+                group = groups[(id(resource), scope_name)] = (resource, [])
+            group[1].append(field)
         out = []
-        for (_, scope_name), (resource, bodies) in groups.items():
-            scope_spans = _field(b"\x12", self._scope(scope_name) + b"".join(bodies))
+        for (_, scope_name), (resource, fields) in groups.items():
+            scope_spans = _field(b"\x12", self._scope(scope_name) + b"".join(fields))
             out.append(_field(b"\x0a", self._resource(resource) + scope_spans))
         return b"".join(out)
+
+    def request(self, spans: Iterable[SpanLike]) -> bytes:
+        """An ExportTraceServiceRequest holding `spans`."""
+        return self.assemble(e for e in map(self.entry, spans) if e is not None)
+
+
+def _attribute_fields(attributes: Mapping[str, Any] | None, tag: bytes) -> list[bytes]:
+    """Attributes of an event (`tag` 0x1a) or a link (0x22), uncached: they are rare."""
+    if not attributes:
+        return []
+    return [_field(tag, _key_value(k, v)) for k, v in attributes.items()]
 
 
 def encode_request(spans: Iterable[SpanLike]) -> bytes:

@@ -1,11 +1,12 @@
 """Span export out of the node's process: `SpanShipper` hands finished spans to a child
 process (`python -m runtime._tracing.shipper`) that sends them over OTLP/gRPC.
 
-Why: the node's event loop runs every invocation, under the node's GIL. Here the node only
-appends the span to a bounded queue; a thread writes each batch as OTLP protobuf bytes
-(`otlp_wire.Encoder`: a few microseconds a span, the repeated parts cached) to the child's
-stdin; the child parses them into the generated message (C code) and sends them with the
-SDK's own OTLP exporter (its channel, TLS, headers, timeout and retries).
+Why: the node's event loop runs every invocation, under the node's GIL. Here a span that
+ends is written as OTLP protobuf bytes at once (`otlp_wire.Encoder`: a few microseconds,
+the repeated parts cached) and queued; a thread joins each batch into one request and
+writes it to the child's stdin; the child parses it into the generated message (C code)
+and sends it with the SDK's own OTLP exporter (its channel, TLS, headers, timeout and
+retries).
 
 The pipe carries only OTLP protobuf and flush tokens (never pickle). Memory stays bounded:
 when the queue is full (the child or the collector is slow), new spans are dropped and
@@ -35,7 +36,7 @@ from typing import IO, Any
 from opentelemetry import context as otel_context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 
-from runtime._tracing.otlp_wire import Encoder
+from runtime._tracing.otlp_wire import Encoder, Entry
 
 __all__ = ["SpanShipper"]
 
@@ -65,8 +66,8 @@ class SpanShipper(SpanProcessor):
         self._max_queue = max_queue_size or 8192
         self._delay = (schedule_delay_millis or 200) / 1000.0
         self._max_batch = max_export_batch_size or 512
-        self._queue: collections.deque[ReadableSpan] = collections.deque()
-        self._encoder = Encoder()  # used by the shipping thread only
+        self._queue: collections.deque[Entry] = collections.deque()
+        self._encoder = Encoder()
         self.dropped = 0
         self._wake = threading.Event()
         self._lock = threading.Lock()  # the pipe: the thread and force_flush write to it
@@ -91,15 +92,21 @@ class SpanShipper(SpanProcessor):
         pass
 
     def on_end(self, span: ReadableSpan) -> None:
+        # Encoded here, where the span ends (the node's event loop), not by the shipping
+        # thread: a thread running Python competes for the node's GIL, and each hand-over
+        # costs the event loop more than the encoding itself. The thread only joins bytes
+        # and writes them (which releases the GIL).
         if self._closed:
             return
         queue = self._queue
         if len(queue) >= self._max_queue:
             self.dropped += 1
             return
-        queue.append(span)
-        if len(queue) >= self._max_batch:
-            self._wake.set()
+        entry = self._encoder.entry(span)
+        if entry is not None:
+            queue.append(entry)
+            if len(queue) >= self._max_batch:
+                self._wake.set()
 
     # --- the shipping thread ---
 
@@ -111,15 +118,12 @@ class SpanShipper(SpanProcessor):
 
     def _ship_all(self) -> None:
         while self._queue:
-            batch: list[ReadableSpan] = []
+            batch: list[Entry] = []
             queue = self._queue
             while queue and len(batch) < self._max_batch:
                 batch.append(queue.popleft())
-            self._write(batch)
-
-    def _write(self, batch: list[ReadableSpan]) -> None:
-        body = self._encoder.request(batch)
-        self._send(_HEADER.pack(b"S", len(body)) + body)
+            body = self._encoder.assemble(batch)
+            self._send(_HEADER.pack(b"S", len(body)) + body)
 
     def _send(self, data: bytes) -> bool:
         with self._lock:
