@@ -13,7 +13,8 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-__all__ = ["Carrier", "ParentLike", "extract", "inject", "to_context"]
+__all__ = ["Carrier", "ParentLike", "extract", "inject", "parse_traceparent", "remote_parent",
+           "to_context"]
 
 _W3C = TraceContextTextMapPropagator()
 
@@ -74,16 +75,68 @@ def inject(
     return carrier
 
 
+_HEX = frozenset("0123456789abcdef")
+
+
+def parse_traceparent(value: str, tracestate: str | None = None) -> trace.SpanContext | None:
+    """The remote SpanContext a W3C `traceparent` header names, or None if it is not a
+    valid one: `version-traceid-spanid-flags`, lowercase hex of 2, 32, 16 and 2 digits,
+    ids not all zero, version not `ff` (a version `00` header has exactly four parts; a
+    later version may append more, which are ignored, as the W3C spec asks).
+    `tracestate` (the header's value) is attached when given and well-formed.
+
+    The same answers as the SDK's propagator, without its regular expression and Context:
+    this runs for every invocation that arrives with a trace (node and worker)."""
+    parts = value.strip().split("-")
+    if len(parts) < 4:
+        return None
+    version, trace_hex, span_hex, flags_hex = parts[0], parts[1], parts[2], parts[3]
+    if (len(version) != 2 or len(trace_hex) != 32 or len(span_hex) != 16
+            or len(flags_hex) != 2 or version == "ff" or (version == "00" and len(parts) != 4)
+            or not _HEX.issuperset(version + trace_hex + span_hex + flags_hex)):
+        return None
+    trace_id, span_id = int(trace_hex, 16), int(span_hex, 16)
+    if not trace_id or not span_id:
+        return None
+    state = None
+    if tracestate:
+        try:
+            state = trace.TraceState.from_header([tracestate])
+        except ValueError:  # a malformed tracestate is dropped, the parent kept
+            state = None
+    return trace.SpanContext(trace_id, span_id, True, trace.TraceFlags(int(flags_hex, 16)),
+                             state)
+
+
+def remote_parent(metadata: Carrier) -> trace.SpanContext | None:
+    """The remote parent named by `metadata`'s `traceparent` (and `tracestate`), or None."""
+    if isinstance(metadata, dict):
+        value = metadata.get("traceparent")
+        if value is None and metadata and any(
+                isinstance(k, str) and k.lower() == "traceparent" for k in metadata):
+            headers = _as_dict(metadata)
+        elif not isinstance(value, str):
+            return None
+        else:
+            return parse_traceparent(value, metadata.get("tracestate"))
+    else:
+        headers = _as_dict(metadata)
+    value = headers.get("traceparent")
+    if value is None:
+        return None
+    return parse_traceparent(value, headers.get("tracestate"))
+
+
 def extract(metadata: Carrier) -> otel_context.Context:
     """Return an OTel Context whose parent is the remote span named in `metadata`.
 
     Keys are matched case-insensitively. A missing or malformed `traceparent` gives an empty
     Context, so spans started from it become roots of a new trace; never raises.
     """
-    if isinstance(metadata, Mapping) and "traceparent" not in metadata and not any(
-            isinstance(k, str) and k.lower() == "traceparent" for k in metadata):
-        return otel_context.Context()  # nothing to extract: skip the parsing
-    return _W3C.extract(_as_dict(metadata), context=otel_context.Context())
+    parent = remote_parent(metadata)
+    if parent is None:
+        return otel_context.Context()
+    return trace.set_span_in_context(trace.NonRecordingSpan(parent), otel_context.Context())
 
 
 def to_context(parent: ParentLike) -> otel_context.Context:

@@ -36,7 +36,7 @@ from runtime._tracing.config import (
     sdk_disabled,
 )
 from runtime._tracing.lean import LeanSpan
-from runtime._tracing.propagation import ParentLike, to_context
+from runtime._tracing.propagation import ParentLike, remote_parent, to_context
 from runtime._tracing.recorder import ATTR_INVOCATION_ID, LocalRecorder, SpanRecord
 
 __all__ = ["SUPERVISOR_EVENTS", "Tracing", "bounded_call"]
@@ -313,6 +313,10 @@ class Tracing:
         ctx: Context | None = None
         if type(parent_like) is LeanSpan:  # the node's own spans: the cheapest check first
             parent = parent_like.context
+        elif type(parent_like) is dict:  # gRPC metadata: parse the header, no Context
+            parent = remote_parent(parent_like) or trace.INVALID_SPAN_CONTEXT
+            if not self._default_sampler:
+                ctx = to_context(parent_like)
         elif isinstance(parent_like, trace.Span):  # an explicit parent span: no Context needed
             parent = parent_like.get_span_context()
         else:

@@ -173,10 +173,11 @@ class UserSpans:
         from opentelemetry import context as context_api
         from opentelemetry import trace
 
-        from runtime._tracing.propagation import to_context
+        from runtime._tracing.propagation import remote_parent
 
-        parent = trace.get_current_span(to_context(trace_context)).get_span_context()
-        if not parent.is_valid:
+        parent = remote_parent(trace_context if type(trace_context) is dict
+                               else dict(trace_context))
+        if parent is None:
             return None
         handler = trace.NonRecordingSpan(trace.SpanContext(
             parent.trace_id, handler_span_id, False, parent.trace_flags))

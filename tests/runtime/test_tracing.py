@@ -168,6 +168,42 @@ def test_start_span_records_errors_and_cancellation() -> None:
     assert by_name["cut"].events == ()
 
 
+@pytest.mark.parametrize("header", [
+    "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+    "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00",
+    " 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\t",
+    "01-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-future-part",
+    "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01-extra",  # v00: exactly four
+    "ff-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+    "00-0AF7651916CD43DD8448EB211C80319C-b7ad6b7169203331-01",  # uppercase
+    "00-00000000000000000000000000000000-b7ad6b7169203331-01",
+    "00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01",
+    "00-0af7651916cd43dd8448eb211c80319-b7ad6b7169203331-01",  # short trace id
+    "00-0af7651916cd43dd8448eb211c80319c-b7ad6b716920333g-01",  # not hex
+    "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331",
+    "", "garbage", "---",
+])
+def test_traceparent_parsing_agrees_with_the_sdk_propagator(header: str) -> None:
+    """Stoic parses `traceparent` itself (on every call); it must accept and reject what
+    the SDK's W3C propagator does, with the same ids, flags and trace state."""
+    from opentelemetry import trace as otel_trace
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    from runtime._tracing.propagation import parse_traceparent
+
+    carrier = {"traceparent": header, "tracestate": "vendor=x1,other=y"}
+    sdk = otel_trace.get_current_span(
+        TraceContextTextMapPropagator().extract(carrier)).get_span_context()
+    ours = parse_traceparent(header, carrier["tracestate"])
+    if not sdk.is_valid:
+        assert ours is None
+        return
+    assert ours is not None
+    assert (ours.trace_id, ours.span_id, ours.is_remote, ours.trace_flags) == \
+        (sdk.trace_id, sdk.span_id, sdk.is_remote, sdk.trace_flags)
+    assert ours.trace_state.to_header() == sdk.trace_state.to_header()
+
+
 def test_propagation_accepts_metadata_shapes_and_never_raises() -> None:
     tracing = Tracing.from_env(environ={})
     assert inject() == {}  # no current span
