@@ -16,7 +16,7 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from types import TracebackType
-from typing import Protocol
+from typing import Protocol, cast
 
 from opentelemetry import context as context_api
 from opentelemetry import trace
@@ -314,7 +314,8 @@ class Tracing:
         if type(parent_like) is LeanSpan:  # the node's own spans: the cheapest check first
             parent = parent_like.context
         elif type(parent_like) is dict:  # gRPC metadata: parse the header, no Context
-            parent = remote_parent(parent_like) or trace.INVALID_SPAN_CONTEXT
+            parent = (remote_parent(cast("dict[str, str]", parent_like))
+                      or trace.INVALID_SPAN_CONTEXT)
             if not self._default_sampler:
                 ctx = to_context(parent_like)
         elif isinstance(parent_like, trace.Span):  # an explicit parent span: no Context needed
