@@ -1,7 +1,8 @@
 """An OTLP/gRPC trace sink for `stoic bench tracing`, in a process of its own.
 
 It stands for a collector (Jaeger, the OpenTelemetry Collector) that in a deployment runs
-on another machine: it accepts `TraceService/Export`, parses each request (the generated
+on another machine: it accepts `TraceService/Export` (and `MetricsService/Export`, whose
+requests it drops), parses each trace request (the generated
 message, C code) and counts the spans, but builds no Python objects per span, so the
 benchmark measures what tracing costs Stoic rather than what a Python test receiver costs.
 Being a separate process, its CPU time is measured apart from Stoic's.
@@ -18,6 +19,10 @@ from concurrent import futures
 from typing import Any
 
 import grpc
+from opentelemetry.proto.collector.metrics.v1 import (
+    metrics_service_pb2,
+    metrics_service_pb2_grpc,
+)
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
 
@@ -33,10 +38,18 @@ class _Sink(trace_service_pb2_grpc.TraceServiceServicer):
         return trace_service_pb2.ExportTraceServiceResponse()
 
 
+class _MetricsSink(metrics_service_pb2_grpc.MetricsServiceServicer):
+    """Accepts metrics too (a node given an OTLP endpoint exports both), and drops them."""
+
+    def Export(self, request: Any, context: Any) -> Any:  # noqa: N802 (gRPC's naming)
+        return metrics_service_pb2.ExportMetricsServiceResponse()
+
+
 def main() -> int:
     sink = _Sink()
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
     trace_service_pb2_grpc.add_TraceServiceServicer_to_server(sink, server)
+    metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(_MetricsSink(), server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     print(f"PORT {port}", flush=True)
