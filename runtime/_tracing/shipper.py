@@ -1,20 +1,26 @@
 """Span export out of the node's process: `SpanShipper` hands finished spans to a child
-process (`python -m runtime._tracing.shipper`) that sends them over OTLP/gRPC.
+process (`python -m runtime._tracing.shipper`) that encodes them and sends them over
+OTLP/gRPC.
 
-Why: the node's event loop runs every invocation, under the node's GIL. Here a span that
-ends is written as OTLP protobuf bytes at once (`otlp_wire.Encoder`: a few microseconds,
-the repeated parts cached) and queued; a thread joins each batch into one request and
-writes it to the child's stdin; the child parses it into the generated message (C code)
-and sends it with the SDK's own OTLP exporter (its channel, TLS, headers, timeout and
-retries).
+Why: the node's event loop runs every invocation, under the node's GIL, and is the
+busiest process of a cluster. Encoding a span as OTLP protobuf costs about ten
+microseconds of Python even by hand (`otlp_wire.Encoder`); reading a span's fields into
+one flat tuple costs a fraction of that. So a span that ends in the node becomes a tuple
+of plain values in a bounded queue; a thread serializes each batch with `marshal` (one C
+call; the thread holds the GIL only for it) and writes it to the child's stdin, and the
+child encodes OTLP with `otlp_wire.Encoder` and sends it with the SDK's own OTLP exporter
+(its channel, TLS, headers, timeout and retries).
 
-The pipe carries only OTLP protobuf and flush tokens (never pickle). Memory stays bounded:
-when the queue is full (the child or the collector is slow), new spans are dropped and
-counted, as the SDK's BatchSpanProcessor does. The child dies with the node (parent-death
-signal) and ends when its stdin closes.
+The pipe runs between a node and the child it started; nothing else writes to it, and the
+child reads nothing else (no socket). It carries `marshal` data of plain values (tuples,
+ints, strings, dicts) — never pickle. Memory stays bounded: when the queue is full (the
+child or the collector is slow), new spans are dropped and counted, as the SDK's
+BatchSpanProcessor does. The child dies with the node (parent-death signal) and ends when
+its stdin closes.
 
 Frames from the node to the child: one type byte, a 4-byte big-endian length, the body.
-- `S`: an ExportTraceServiceRequest, serialized;
+- `M`: a marshalled list of items: `(number, {resource attributes})` declares a resource
+  (before its first span), a 16-tuple is a span (see `SpanShipper.on_end`);
 - `F`: a flush token (ASCII digits); the child answers `flushed K` on its stdout once
   everything before it was exported.
 """
@@ -23,6 +29,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import marshal
 import os
 import select
 import struct
@@ -35,16 +42,39 @@ from typing import IO, Any
 
 from opentelemetry import context as otel_context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
+from opentelemetry.trace import SpanKind, StatusCode
 
-from runtime._tracing.otlp_wire import Encoder, Entry
-
-__all__ = ["SpanShipper"]
+__all__ = ["SpanShipper", "span_item"]
 
 log = logging.getLogger("stoic.tracing")
 
 _HEADER = struct.Struct(">cI")
+_KIND_NUMBER = {kind: kind.value for kind in SpanKind}
+_CODE_NUMBER = {code: code.value for code in StatusCode}
 #: The largest frame the child accepts (a batch of max_export_batch_size spans is far less).
 MAX_FRAME = 64 << 20
+
+
+def span_item(span: ReadableSpan, resource: int) -> tuple[Any, ...]:
+    """`span` as the plain 16-tuple the exporter child reads (`resource`: the number its
+    resource was declared under)."""
+    ctx = span.context
+    parent = span.parent
+    attributes = span.attributes
+    status = span.status
+    scope = span.instrumentation_scope
+    return (
+        span.name, ctx[0], ctx[1], ctx[4].to_header() if ctx[4] else "",
+        parent[1] if parent is not None else 0,
+        bool(parent[2]) if parent is not None else False,
+        _KIND_NUMBER.get(span.kind, 0), span.start_time or 0, span.end_time or 0,
+        (attributes if type(attributes) is dict else dict(attributes or {})),
+        [(e.name, e.timestamp, dict(e.attributes or {})) for e in span.events]
+        if span.events else None,
+        [(ln.context.trace_id, ln.context.span_id, ln.context.is_remote,
+          dict(ln.attributes or {})) for ln in span.links] if span.links else None,
+        _CODE_NUMBER.get(status.status_code, 0), status.description or "",
+        resource, scope.name if scope is not None else "stoic")
 
 
 class SpanShipper(SpanProcessor):
@@ -66,8 +96,10 @@ class SpanShipper(SpanProcessor):
         self._max_queue = max_queue_size or 8192
         self._delay = (schedule_delay_millis or 200) / 1000.0
         self._max_batch = max_export_batch_size or 512
-        self._queue: collections.deque[Entry] = collections.deque()
-        self._encoder = Encoder()
+        self._queue: collections.deque[tuple[Any, ...]] = collections.deque()
+        self._resources: dict[int, tuple[Any, int]] = {}  # id(resource) -> (it, number)
+        self._declarations: collections.deque[tuple[int, dict[str, Any]]] = (
+            collections.deque())  # resources not yet sent
         self.dropped = 0
         self._wake = threading.Event()
         self._lock = threading.Lock()  # the pipe: the thread and force_flush write to it
@@ -92,21 +124,26 @@ class SpanShipper(SpanProcessor):
         pass
 
     def on_end(self, span: ReadableSpan) -> None:
-        # Encoded here, where the span ends (the node's event loop), not by the shipping
-        # thread: a thread running Python competes for the node's GIL, and each hand-over
-        # costs the event loop more than the encoding itself. The thread only joins bytes
-        # and writes them (which releases the GIL).
+        # Runs where the span ends (the node's event loop): only reads the fields into a
+        # tuple; the encoding happens in the child.
         if self._closed:
             return
         queue = self._queue
         if len(queue) >= self._max_queue:
             self.dropped += 1
             return
-        entry = self._encoder.entry(span)
-        if entry is not None:
-            queue.append(entry)
-            if len(queue) >= self._max_batch:
-                self._wake.set()
+        ctx = span.context
+        if ctx is None:
+            return
+        resource = span.resource
+        known = self._resources.get(id(resource))
+        if known is None or known[0] is not resource:
+            known = (resource, len(self._resources))  # never removed: numbers stay unique
+            self._resources[id(resource)] = known  # holds it: the id stays unique too
+            self._declarations.append((known[1], dict(resource.attributes)))
+        queue.append(span_item(span, known[1]))
+        if len(queue) >= self._max_batch:
+            self._wake.set()
 
     # --- the shipping thread ---
 
@@ -118,12 +155,21 @@ class SpanShipper(SpanProcessor):
 
     def _ship_all(self) -> None:
         while self._queue:
-            batch: list[Entry] = []
+            batch: list[tuple[Any, ...]] = []
             queue = self._queue
             while queue and len(batch) < self._max_batch:
                 batch.append(queue.popleft())
-            body = self._encoder.assemble(batch)
-            self._send(_HEADER.pack(b"S", len(body)) + body)
+            # after the spans: a span's resource was declared before it was queued
+            declared: list[tuple[Any, ...]] = []
+            while self._declarations:  # popleft is atomic: nothing appended meanwhile is lost
+                declared.append(self._declarations.popleft())
+            if declared:
+                batch[:0] = declared
+            try:
+                body = marshal.dumps(batch)
+            except ValueError:  # an attribute value of a type marshal refuses
+                body = marshal.dumps([_plain_item(item) for item in batch])
+            self._send(_HEADER.pack(b"M", len(body)) + body)
 
     def _send(self, data: bytes) -> bool:
         with self._lock:
@@ -217,13 +263,131 @@ def _frames(stream: IO[bytes]) -> Any:
         if header is None:
             return
         kind, size = _HEADER.unpack(header)
-        if kind not in (b"S", b"F") or size > MAX_FRAME:
+        if kind not in (b"M", b"F") or size > MAX_FRAME:
             log.error("span exporter: malformed frame (type %r, %d bytes); stopping", kind, size)
             return
         body = _read_exactly(stream, size)
         if body is None:
             return
         yield kind, body
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, str | bool | int | float | bytes):
+        return value
+    if isinstance(value, list | tuple):
+        return tuple(_plain(v) for v in value)
+    return str(value)
+
+
+def _plain_item(item: tuple[Any, ...]) -> tuple[Any, ...]:
+    """`item` with every attribute value marshal can take (others become their str())."""
+    if len(item) == 2:
+        return (item[0], {k: _plain(v) for k, v in item[1].items()})
+    items = list(item)
+    items[9] = {k: _plain(v) for k, v in item[9].items()}
+    if item[10]:
+        items[10] = [(n, t, {k: _plain(v) for k, v in a.items()}) for n, t, a in item[10]]
+    if item[11]:
+        items[11] = [(t, s, r, {k: _plain(v) for k, v in a.items()}) for t, s, r, a in item[11]]
+    return tuple(items)
+
+
+class _State(str):
+    """A trace state header as the encoder reads it (`to_header()`)."""
+
+    def to_header(self) -> str:
+        return str(self)
+
+
+class _Resource:
+    __slots__ = ("attributes",)
+
+    def __init__(self, attributes: dict[str, Any]) -> None:
+        self.attributes = attributes
+
+
+class _Scope:
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+class _Event:
+    __slots__ = ("name", "timestamp", "attributes")
+
+    def __init__(self, name: str, timestamp: int, attributes: dict[str, Any]) -> None:
+        self.name, self.timestamp, self.attributes = name, timestamp, attributes
+
+
+class _Link:
+    __slots__ = ("context", "attributes")
+
+    def __init__(self, context: Any, attributes: dict[str, Any]) -> None:
+        self.context, self.attributes = context, attributes
+
+
+class _WireSpan:
+    """A span item from the node, with the fields `otlp_wire.Encoder` reads."""
+
+    __slots__ = ("name", "context", "parent", "kind", "start_time", "end_time", "attributes",
+                 "events", "links", "status", "resource", "instrumentation_scope")
+    name: str
+    context: tuple[Any, ...]
+    parent: tuple[Any, ...] | None
+    kind: SpanKind
+    start_time: int
+    end_time: int
+    attributes: dict[str, Any]
+    events: Any
+    links: Any
+    status: Any
+    resource: _Resource
+    instrumentation_scope: _Scope
+
+
+class _Decoder:
+    """Span items (tuples from the node) -> `_WireSpan`s, resources and scopes shared."""
+
+    def __init__(self) -> None:
+        from opentelemetry.trace import Link, SpanContext, Status, TraceFlags
+
+        self._link, self._context, self._status, self._flags = (
+            Link, SpanContext, Status, TraceFlags)
+        self._resources: dict[int, _Resource] = {}
+        self._scopes: dict[str, _Scope] = {}
+        self._kinds = {kind.value: kind for kind in SpanKind}
+        self._codes = {code.value: code for code in StatusCode}
+        self._unset = Status(StatusCode.UNSET)
+
+    def spans(self, items: list[Any]) -> list[_WireSpan]:
+        out = []
+        for item in items:
+            if len(item) == 2:
+                self._resources[item[0]] = _Resource(item[1])
+                continue
+            (name, trace_id, span_id, state, parent_id, parent_remote, kind, start, end,
+             attributes, events, links, code, description, resource, scope) = item
+            span = _WireSpan()
+            span.name = name
+            span.context = (trace_id, span_id, False, 0, _State(state) if state else None)
+            span.parent = (trace_id, parent_id, parent_remote) if parent_id else None
+            span.kind = self._kinds.get(kind, SpanKind.INTERNAL)
+            span.start_time, span.end_time = start, end
+            span.attributes = attributes
+            span.events = [_Event(*e) for e in events] if events else ()
+            span.links = [
+                _Link(self._context(t, s, r, self._flags(self._flags.SAMPLED)), a)
+                for t, s, r, a in links] if links else ()
+            span.status = (self._unset if not code and not description else
+                           self._status(self._codes.get(code, StatusCode.UNSET),
+                                        description or None))
+            span.resource = self._resources.setdefault(resource, _Resource({}))
+            span.instrumentation_scope = self._scopes.get(scope) or self._scopes.setdefault(
+                scope, _Scope(scope))
+            out.append(span)
+        return out
 
 
 class _Batch(list):  # type: ignore[type-arg]
@@ -233,17 +397,17 @@ class _Batch(list):  # type: ignore[type-arg]
 
 
 def _child_main() -> int:
-    from google.protobuf.message import DecodeError
     from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
         ExportTraceServiceRequest,
     )
 
     from runtime._tracing.config import otlp_endpoint
+    from runtime._tracing.otlp_wire import Encoder
     from runtime._worker._limits import die_with_parent
 
     class _Exporter(OTLPSpanExporter):
-        # The SDK exporter's channel, headers, TLS, timeout and retries; the node encoded.
+        # The SDK exporter's channel, headers, TLS, timeout and retries; our encoding.
         def _translate_data(self, data: Any) -> Any:  # type: ignore[override]
             return data.request
 
@@ -255,6 +419,7 @@ def _child_main() -> int:
         return 0
     exporter = _Exporter(endpoint=endpoint.url, insecure=endpoint.insecure,
                          timeout=endpoint.timeout)
+    decoder, encoder = _Decoder(), Encoder()
     out = sys.stdout.buffer
     for kind, body in _frames(sys.stdin.buffer):
         if kind == b"F":
@@ -262,14 +427,14 @@ def _child_main() -> int:
             out.flush()
             continue
         try:
-            request = ExportTraceServiceRequest.FromString(body)
-        except DecodeError as exc:
-            log.error("span exporter: a batch did not parse (%s); dropped", exc)
+            spans = decoder.spans(marshal.loads(body))
+        except (ValueError, EOFError, TypeError) as exc:
+            log.error("span exporter: a batch did not decode (%s); dropped", exc)
             continue
-        count = sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans)
-        if count:
-            batch = _Batch([None] * count)
-            batch.request = request
+        if spans:
+            batch = _Batch([None] * len(spans))
+            batch.request = ExportTraceServiceRequest.FromString(
+                encoder.request(spans))  # type: ignore[arg-type]
             exporter.export(batch)
     exporter.shutdown()
     return 0

@@ -94,3 +94,19 @@ def test_the_exporter_child_stops_at_a_malformed_frame() -> None:
     assert proc.returncode == 0
     assert proc.stdout == b"flushed 7\n"
     assert b"malformed frame" in proc.stderr
+
+
+def test_span_items_through_marshal_encode_as_the_sdk_does() -> None:
+    """The node's side of the exporter pipe (span -> plain tuple -> marshal) and the child's
+    (tuple -> OTLP) together give the SDK encoder's message, for every field shape."""
+    import marshal
+
+    from runtime._tracing.shipper import _Decoder, span_item
+
+    spans = _spans()
+    numbers = {id(NODE): 0, id(WORKER): 1}
+    items: list[object] = [(0, dict(NODE.attributes)), (1, dict(WORKER.attributes))]
+    items += [span_item(s, numbers[id(s.resource)]) for s in spans]
+    decoded = _Decoder().spans(marshal.loads(marshal.dumps(items)))
+    ours = ExportTraceServiceRequest.FromString(Encoder().request(decoded))
+    assert _flat(ours) == _flat(encode_spans(spans))
