@@ -8,25 +8,115 @@ With neither, no reader and no thread exist and recording is skipped (free).
 
 from __future__ import annotations
 
+import bisect
 import os
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import (
+    AggregationTemporality,
+    Histogram,
+    HistogramDataPoint,
     InMemoryMetricReader,
+    Metric,
     MetricReader,
     MetricsData,
     PeriodicExportingMetricReader,
+    ResourceMetrics,
+    ScopeMetrics,
 )
 from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
 from runtime._tracing.config import build_resource, otlp_endpoint, sdk_disabled
 from runtime._tracing.prometheus import PrometheusServer, render_prometheus
 from runtime._tracing.tracing import bounded_call
 
 __all__ = ["Metrics"]
+
+#: stoic.invocation.duration's bucket bounds (ms): the SDK's default explicit buckets.
+DURATION_BOUNDS = (0.0, 5.0, 10.0, 25.0, 50.0, 75.0, 100.0, 250.0, 500.0, 750.0, 1000.0,
+                   2500.0, 5000.0, 7500.0, 10000.0)
+
+
+class _Durations:
+    """`stoic.invocation.duration` (ms) by (function, zone): a cumulative explicit-bucket
+    histogram with the SDK's semantics (a value lands in the first bucket whose bound is
+    >= it), recorded with a bisect and a few additions under a lock."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._start = time.time_ns()
+        # (function, zone) -> [count, sum, bucket counts, min, max]
+        self._series: dict[tuple[str, str], list[Any]] = {}
+
+    def record(self, function: str, zone: str, ms: float) -> None:
+        bucket = bisect.bisect_left(DURATION_BOUNDS, ms)
+        with self._lock:
+            series = self._series.get((function, zone))
+            if series is None:
+                series = self._series[(function, zone)] = [
+                    0, 0.0, [0] * (len(DURATION_BOUNDS) + 1), ms, ms]
+            series[0] += 1
+            series[1] += ms
+            series[2][bucket] += 1
+            if ms < series[3]:
+                series[3] = ms
+            if ms > series[4]:
+                series[4] = ms
+
+    def metric(self) -> Metric | None:
+        with self._lock:
+            current = [(key, [v[0], v[1], list(v[2]), v[3], v[4]])
+                       for key, v in self._series.items()]
+        if not current:
+            return None
+        now = time.time_ns()
+        points = [HistogramDataPoint(
+            attributes={"function": function, "zone": zone},
+            start_time_unix_nano=self._start, time_unix_nano=now, count=count, sum=total,
+            bucket_counts=buckets, explicit_bounds=DURATION_BOUNDS, min=low, max=high)
+            for (function, zone), (count, total, buckets, low, high) in current]
+        return Metric(name="stoic.invocation.duration", description="Invocation latency",
+                      unit="ms", data=Histogram(
+                          data_points=points,
+                          aggregation_temporality=AggregationTemporality.CUMULATIVE))
+
+
+def _add_at_collection(reader: MetricReader, durations: _Durations, resource: Resource) -> None:
+    """Make `reader` hand on each collection with the durations histogram added (in the
+    "stoic" scope of `resource`). Wraps the reader's `_receive_metrics`, the SDK's one
+    hook between collecting and exporting/storing, on this reader instance only."""
+    receive = reader._receive_metrics
+
+    def receive_with_durations(metrics_data: MetricsData, timeout_millis: float = 10_000,
+                               **kwargs: Any) -> None:
+        metric = durations.metric()
+        if metric is not None:
+            metrics_data = _with_metric(metrics_data, metric, resource)
+        receive(metrics_data, timeout_millis, **kwargs)
+
+    reader._receive_metrics = receive_with_durations  # type: ignore[method-assign]
+
+
+def _with_metric(data: MetricsData | None, metric: Metric, resource: Resource) -> MetricsData:
+    resources = list(data.resource_metrics) if data is not None else []
+    for i, rm in enumerate(resources):
+        scopes = list(rm.scope_metrics)
+        for j, sm in enumerate(scopes):
+            if sm.scope.name == "stoic":
+                scopes[j] = ScopeMetrics(sm.scope, [*sm.metrics, metric], sm.schema_url)
+                resources[i] = ResourceMetrics(rm.resource, scopes, rm.schema_url)
+                return MetricsData(resources)
+        scopes.append(ScopeMetrics(InstrumentationScope("stoic"), [metric], ""))
+        resources[i] = ResourceMetrics(rm.resource, scopes, rm.schema_url)
+        return MetricsData(resources)
+    return MetricsData([ResourceMetrics(resource, [ScopeMetrics(
+        InstrumentationScope("stoic"), [metric], "")], "")])
 
 
 class Metrics:
@@ -66,8 +156,12 @@ class Metrics:
                 ("retries", "Invocation attempts after the first")):
             meter.create_observable_counter(f"stoic.{name}", callbacks=[self._observer(name)],
                                             unit="1", description=description)
-        self._duration = meter.create_histogram(
-            "stoic.invocation.duration", unit="ms", description="Invocation latency")
+        # The latency histogram is aggregated here too (the SDK has no observable
+        # histogram, and its record() costs tens of microseconds): each reader's
+        # collection gets it added as one more metric of the "stoic" scope.
+        self._durations = _Durations()
+        for reader in all_readers:
+            _add_at_collection(reader, self._durations, resource)
         if prometheus is not None and self._memory is not None:
             self._server = PrometheusServer(self._memory, prometheus[0], prometheus[1])
         self._shut = False
@@ -129,7 +223,7 @@ class Metrics:
         "timeout", "crashed", "unavailable", ...); anything but "ok" also counts an error."""
         if not self._recording:
             return
-        self._duration.record(duration_ms, {"function": function, "zone": zone})
+        self._durations.record(function, zone, duration_ms)
         key = (("function", function), ("zone", zone), ("outcome", outcome))
         self._count("invocations", key)
         if outcome != "ok":

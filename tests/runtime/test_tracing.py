@@ -489,3 +489,39 @@ def test_the_shipper_queue_is_bounded() -> None:
             pass
     assert shipper.dropped == 15 and len(shipper._queue) == 10
     tracing.shutdown(timeout=5.0)
+
+
+def test_duration_histogram_aggregates_as_the_sdk_does() -> None:
+    """Stoic aggregates stoic.invocation.duration itself (the SDK's record() is too slow
+    for every call); bucket counts, sum, count, min and max equal the SDK histogram's for
+    the same values, bounds included."""
+    import random as _random
+
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    values = [0.0, 5.0, 5.000001, 10.0, 9999.9, 10000.0, 12345.0, 0.3]
+    rng = _random.Random(7)
+    values += [rng.uniform(0, 12000) for _ in range(500)]
+    ours_reader, sdk_reader = InMemoryMetricReader(), InMemoryMetricReader()
+    metrics = Metrics(Tracing.from_env(environ={}).resource, readers=(ours_reader,))
+    sdk = MeterProvider(metric_readers=[sdk_reader], shutdown_on_exit=False)
+    histogram = sdk.get_meter("x").create_histogram("h")
+    for v in values:
+        metrics.invocation("f", "z", "ok", v)
+        histogram.record(v, {"function": "f", "zone": "z"})
+
+    def point(reader: InMemoryMetricReader, name: str) -> Any:
+        data = reader.get_metrics_data()
+        assert data is not None
+        return next(m.data.data_points[0] for rm in data.resource_metrics
+                    for sm in rm.scope_metrics for m in sm.metrics if m.name == name)
+
+    ours, theirs = point(ours_reader, "stoic.invocation.duration"), point(sdk_reader, "h")
+    assert list(ours.bucket_counts) == list(theirs.bucket_counts)
+    assert tuple(ours.explicit_bounds) == tuple(theirs.explicit_bounds)
+    assert (ours.count, ours.min, ours.max) == (theirs.count, theirs.min, theirs.max)
+    assert ours.sum == pytest.approx(theirs.sum)
+    assert dict(ours.attributes) == {"function": "f", "zone": "z"}
+    metrics.shutdown()
+    sdk.shutdown()
