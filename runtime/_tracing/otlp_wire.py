@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode
 
-__all__ = ["Encoder", "Entry", "SpanLike", "encode_request"]
+__all__ = ["Encoder", "SpanLike", "encode_request", "span_item"]
 
 _PACK_Q = struct.Struct("<Q").pack
 _PACK_d = struct.Struct("<d").pack
@@ -29,8 +29,6 @@ _PACK_I = struct.Struct("<I").pack
 _MASK64 = (1 << 64) - 1
 
 # span kind: the API's enum starts at INTERNAL=0; OTLP's at UNSPECIFIED=0, INTERNAL=1
-_KIND = {kind: kind.value + 1 for kind in SpanKind}
-_CODE = {StatusCode.UNSET: 0, StatusCode.OK: 1, StatusCode.ERROR: 2}
 # Span.flags: bit 8 "parent remote-ness known", bit 9 "parent is remote"
 _FLAGS_LOCAL = b"\x85\x01" + _PACK_I(0x100)
 _FLAGS_REMOTE = b"\x85\x01" + _PACK_I(0x300)
@@ -115,38 +113,57 @@ def _key_value(key: str, value: Any) -> bytes:
     return _string(b"\x0a", key) + _field(b"\x12", _any_value(value))
 
 
-#: A span ready to be sent: (its resource, its scope's name, the ScopeSpans.spans field).
-Entry = tuple[Any, str, bytes]
+_KIND_NUMBER = {kind: kind.value for kind in SpanKind}
+_CODE_NUMBER = {code: code.value for code in StatusCode}
+
+
+def span_item(span: SpanLike, resource: int) -> tuple[Any, ...]:
+    """`span` as a flat 16-tuple of plain values (what a node queues and marshals to its
+    exporter child; `Encoder.items` encodes it). `resource`: the number its resource is
+    declared under (a `(number, {attributes})` item ahead of it)."""
+    ctx = span.context
+    parent = span.parent
+    attributes = span.attributes
+    status = span.status
+    scope = span.instrumentation_scope
+    return (
+        span.name, ctx[0], ctx[1], ctx[4].to_header() if ctx[4] else "",  # type: ignore[index]
+        parent[1] if parent is not None else 0,
+        bool(parent[2]) if parent is not None else False,
+        _KIND_NUMBER.get(span.kind, 0), span.start_time or 0, span.end_time or 0,
+        (attributes if type(attributes) is dict else dict(attributes or {})),
+        [(e.name, e.timestamp, dict(e.attributes or {})) for e in span.events]
+        if span.events else None,
+        [(ln.context.trace_id, ln.context.span_id, ln.context.is_remote,
+          dict(ln.attributes or {})) for ln in span.links] if span.links else None,
+        _CODE_NUMBER.get(status.status_code, 0), status.description or "",
+        resource, scope.name if scope is not None else "stoic")
 
 
 class Encoder:
-    """Encodes spans into ExportTraceServiceRequest bytes, caching the repeated parts.
+    """Encodes span items (`span_item`) into ExportTraceServiceRequest bytes, caching the
+    repeated parts (names and kinds, attribute key-value pairs, resources, scopes).
 
-    In two steps, so that the per-span work can run where the span ends and the batching
-    elsewhere: `entry(span)` encodes one span (the cost that counts), `assemble(entries)`
-    groups encoded spans by resource and scope into a request (joins of bytes). Each step's
-    caches are its own, so one thread may call `entry` while another calls `assemble`;
-    two threads calling the same step share dict caches whose single operations are atomic
-    in CPython (a lost entry costs a re-encoding, never a wrong byte). The caches are
-    bounded: each is cleared when it reaches `cache_size` entries, so a stream of
-    never-repeating values costs memory in proportion to `cache_size`, not to the spans
-    seen.
+    Not thread-safe; one per exporting process. Resources are declared by number once
+    (`(number, {attributes})` items) and remembered. The caches are bounded: each is
+    cleared when it reaches `cache_size` entries, so a stream of never-repeating values
+    costs memory in proportion to `cache_size`, not to the spans seen.
     """
 
     def __init__(self, cache_size: int = 4096) -> None:
         self._cache_size = cache_size
         self._attrs: dict[tuple[str, Any, type], bytes] = {}  # -> Span.attributes field
-        self._heads: dict[tuple[str, SpanKind], bytes] = {}  # -> name + kind fields
+        self._heads: dict[tuple[str, int], bytes] = {}  # (name, kind) -> name + kind fields
         self._trace: tuple[int, bytes] = (0, b"")  # the last trace id and its field
-        self._resources: dict[int, tuple[Any, bytes]] = {}  # id(resource) -> (it, field)
+        self._resources: dict[int, bytes] = {}  # number -> ResourceSpans.resource field
         self._scopes: dict[str, bytes] = {}  # scope name -> ScopeSpans.scope field
 
     def _attribute(self, key: str, value: Any) -> bytes:
         """A Span.attributes field (tag 9 + KeyValue), cached for plain values."""
-        kind = type(value)
-        if kind is not str and kind is not int and kind is not bool and kind is not float:
+        vtype = type(value)
+        if vtype is not str and vtype is not int and vtype is not bool and vtype is not float:
             return _field(b"\x4a", _key_value(key, value))
-        ck = (key, value, kind)
+        ck = (key, value, vtype)
         hit = self._attrs.get(ck)
         if hit is None:
             if len(self._attrs) >= self._cache_size:
@@ -154,89 +171,53 @@ class Encoder:
             hit = self._attrs[ck] = _field(b"\x4a", _key_value(key, value))
         return hit
 
-    def span(self, span: SpanLike) -> bytes:
-        """One Span message's body (b"" for a span without a context)."""
-        ctx = span.context
-        if ctx is None:
-            return b""
-        # SpanContext is a tuple: (trace_id, span_id, is_remote, trace_flags, trace_state, ..)
-        trace_id, span_id, _, _, trace_state = ctx[:5]
+    def span(self, item: Sequence[Any]) -> bytes:
+        """One Span message's body, from a `span_item` tuple."""
+        (name, trace_id, span_id, state, parent_id, parent_remote, kind, start, end,
+         attributes, events, links, code, description, _, _) = item
         last_id, trace_field = self._trace
         if trace_id != last_id:  # the spans of one invocation end close together
             trace_field = b"\x0a\x10" + trace_id.to_bytes(16, "big") + b"\x12\x08"
             self._trace = (trace_id, trace_field)
-        name, kind = span.name, span.kind
         head = self._heads.get((name, kind))
         if head is None:
             if len(self._heads) >= self._cache_size:
                 self._heads.clear()
             head = self._heads[(name, kind)] = (
-                _string(b"\x2a", name) + b"\x30" + _SMALL[_KIND.get(kind, 0)])
+                _string(b"\x2a", name) + b"\x30" + _SMALL[kind + 1 if 0 <= kind < 5 else 0])
         parts = [trace_field, span_id.to_bytes(8, "big")]
-        if trace_state:
-            parts.append(_string(b"\x1a", trace_state.to_header()))
-        parent = span.parent
-        remote = False
-        if parent is not None:
-            if parent[1]:
-                parts += (b"\x22\x08", parent[1].to_bytes(8, "big"))
-            remote = parent[2]
-        start = span.start_time or 0
-        parts += (head, b"\x39", _PACK_Q(start), b"\x41", _PACK_Q(span.end_time or start))
-        attributes = span.attributes
+        if state:
+            parts.append(_string(b"\x1a", state))
+        if parent_id:
+            parts += (b"\x22\x08", parent_id.to_bytes(8, "big"))
+        parts += (head, b"\x39", _PACK_Q(start), b"\x41", _PACK_Q(end or start))
         if attributes:
             attrs = self._attrs
             for key, value in attributes.items():
                 vtype = type(value)
                 hit = attrs.get((key, value, vtype)) if vtype is str or vtype is int else None
                 parts.append(hit if hit is not None else self._attribute(key, value))
-        if span.events:
-            for event in span.events:
+        if events:
+            for event_name, timestamp, event_attributes in events:
                 parts.append(_field(b"\x5a", b"".join([
-                    b"\x09", _PACK_Q(event.timestamp or 0), _string(b"\x12", event.name),
-                    *_attribute_fields(event.attributes, b"\x1a")])))
-        if span.links:
-            for link in span.links:
-                lc = link.context
+                    b"\x09", _PACK_Q(timestamp or 0), _string(b"\x12", event_name),
+                    *_attribute_fields(event_attributes, b"\x1a")])))
+        if links:
+            for link_trace, link_span, link_remote, link_attributes in links:
                 parts.append(_field(b"\x6a", b"".join([
-                    b"\x0a\x10", lc.trace_id.to_bytes(16, "big"),
-                    b"\x12\x08", lc.span_id.to_bytes(8, "big"),
-                    *_attribute_fields(link.attributes, b"\x22"),
-                    b"\x35", _PACK_I(0x300 if lc.is_remote else 0x100)])))
-        status = span.status
-        if status.status_code is StatusCode.UNSET and not status.description:
+                    b"\x0a\x10", link_trace.to_bytes(16, "big"),
+                    b"\x12\x08", link_span.to_bytes(8, "big"),
+                    *_attribute_fields(link_attributes, b"\x22"),
+                    b"\x35", _PACK_I(0x300 if link_remote else 0x100)])))
+        if not code and not description:
             parts.append(b"\x7a\x00")  # present and empty, as the SDK's encoder sends it
         else:
-            body = (_string(b"\x12", status.description) if status.description else b"")
-            code = _CODE.get(status.status_code, 0)
-            if code:
+            body = _string(b"\x12", description) if description else b""
+            if 0 < code < 3:
                 body += b"\x18" + _SMALL[code]
             parts.append(_field(b"\x7a", body))
-        parts.append(_FLAGS_REMOTE if remote else _FLAGS_LOCAL)
+        parts.append(_FLAGS_REMOTE if parent_id and parent_remote else _FLAGS_LOCAL)
         return b"".join(parts)
-
-    def entry(self, span: SpanLike) -> Entry | None:
-        """`span` encoded as a ScopeSpans.spans field, with what `assemble` groups it by;
-        None for a span without a context."""
-        body = self.span(span)
-        if not body:
-            return None
-        scope = span.instrumentation_scope
-        return (span.resource, scope.name if scope is not None else "stoic",
-                b"\x12" + _len(len(body)) + body)
-
-    def _resource(self, resource: Any) -> bytes:
-        """ResourceSpans.resource field for `resource` (an SDK Resource), cached."""
-        hit = self._resources.get(id(resource))
-        if hit is not None and hit[0] is resource:
-            return hit[1]
-        attrs = getattr(resource, "attributes", None) or {}
-        encoded = _field(b"\x0a", b"".join(
-            _field(b"\x0a", _key_value(k, v)) for k, v in attrs.items()))
-        if len(self._resources) >= 64:
-            self._resources.clear()
-        self._resources[id(resource)] = (resource, encoded)  # holds it: the id stays unique
-        return encoded
 
     def _scope(self, name: str) -> bytes:
         hit = self._scopes.get(name)
@@ -246,23 +227,45 @@ class Encoder:
             hit = self._scopes[name] = _field(b"\x0a", _string(b"\x0a", name))
         return hit
 
-    def assemble(self, entries: Iterable[Entry]) -> bytes:
-        """An ExportTraceServiceRequest of encoded spans, grouped by resource and scope."""
-        groups: dict[tuple[int, str], tuple[Any, list[bytes]]] = {}
-        for resource, scope_name, field in entries:
-            group = groups.get((id(resource), scope_name))
+    def items(self, items: Iterable[Sequence[Any]]) -> tuple[bytes, int]:
+        """(an ExportTraceServiceRequest, its span count) from span items and resource
+        declarations, spans grouped by resource and scope. A span whose resource number
+        was never declared is sent with an empty resource."""
+        groups: dict[tuple[int, str], list[bytes]] = {}
+        count = 0
+        for item in items:
+            if len(item) == 2:
+                number, attributes = item
+                self._resources[number] = _field(b"\x0a", b"".join(
+                    _field(b"\x0a", _key_value(k, v)) for k, v in attributes.items()))
+                continue
+            body = self.span(item)
+            key = (item[14], item[15])
+            group = groups.get(key)
             if group is None:
-                group = groups[(id(resource), scope_name)] = (resource, [])
-            group[1].append(field)
+                group = groups[key] = []
+            group.append(b"\x12" + _len(len(body)) + body)
+            count += 1
         out = []
-        for (_, scope_name), (resource, fields) in groups.items():
+        for (number, scope_name), fields in groups.items():
             scope_spans = _field(b"\x12", self._scope(scope_name) + b"".join(fields))
-            out.append(_field(b"\x0a", self._resource(resource) + scope_spans))
-        return b"".join(out)
+            out.append(_field(b"\x0a", self._resources.get(number, b"\x0a\x00") + scope_spans))
+        return b"".join(out), count
 
     def request(self, spans: Iterable[SpanLike]) -> bytes:
-        """An ExportTraceServiceRequest holding `spans`."""
-        return self.assemble(e for e in map(self.entry, spans) if e is not None)
+        """An ExportTraceServiceRequest holding `spans` (SDK or Lean spans): for tests and
+        one-off use; a node hands `span_item`s to its exporter child instead."""
+        numbers: dict[int, int] = {}
+        items: list[tuple[Any, ...]] = []
+        for span in spans:
+            if span.context is None:
+                continue
+            number = numbers.get(id(span.resource))
+            if number is None:
+                number = numbers[id(span.resource)] = len(numbers)
+                items.append((number, dict(span.resource.attributes)))
+            items.append(span_item(span, number))
+        return self.items(items)[0]
 
 
 def _attribute_fields(attributes: Mapping[str, Any] | None, tag: bytes) -> list[bytes]:

@@ -20,7 +20,7 @@ its stdin closes.
 
 Frames from the node to the child: one type byte, a 4-byte big-endian length, the body.
 - `M`: a marshalled list of items: `(number, {resource attributes})` declares a resource
-  (before its first span), a 16-tuple is a span (see `SpanShipper.on_end`);
+  (before its first span), a 16-tuple is a span (`otlp_wire.span_item`);
 - `F`: a flush token (ASCII digits); the child answers `flushed K` on its stdout once
   everything before it was exported.
 """
@@ -42,39 +42,17 @@ from typing import IO, Any
 
 from opentelemetry import context as otel_context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
-from opentelemetry.trace import SpanKind, StatusCode
 
-__all__ = ["SpanShipper", "span_item"]
+from runtime._tracing.otlp_wire import span_item
+
+__all__ = ["SpanShipper"]
 
 log = logging.getLogger("stoic.tracing")
 
 _HEADER = struct.Struct(">cI")
-_KIND_NUMBER = {kind: kind.value for kind in SpanKind}
-_CODE_NUMBER = {code: code.value for code in StatusCode}
+
 #: The largest frame the child accepts (a batch of max_export_batch_size spans is far less).
 MAX_FRAME = 64 << 20
-
-
-def span_item(span: ReadableSpan, resource: int) -> tuple[Any, ...]:
-    """`span` as the plain 16-tuple the exporter child reads (`resource`: the number its
-    resource was declared under)."""
-    ctx = span.context
-    parent = span.parent
-    attributes = span.attributes
-    status = span.status
-    scope = span.instrumentation_scope
-    return (
-        span.name, ctx[0], ctx[1], ctx[4].to_header() if ctx[4] else "",
-        parent[1] if parent is not None else 0,
-        bool(parent[2]) if parent is not None else False,
-        _KIND_NUMBER.get(span.kind, 0), span.start_time or 0, span.end_time or 0,
-        (attributes if type(attributes) is dict else dict(attributes or {})),
-        [(e.name, e.timestamp, dict(e.attributes or {})) for e in span.events]
-        if span.events else None,
-        [(ln.context.trace_id, ln.context.span_id, ln.context.is_remote,
-          dict(ln.attributes or {})) for ln in span.links] if span.links else None,
-        _CODE_NUMBER.get(status.status_code, 0), status.description or "",
-        resource, scope.name if scope is not None else "stoic")
 
 
 class SpanShipper(SpanProcessor):
@@ -293,103 +271,6 @@ def _plain_item(item: tuple[Any, ...]) -> tuple[Any, ...]:
     return tuple(items)
 
 
-class _State(str):
-    """A trace state header as the encoder reads it (`to_header()`)."""
-
-    def to_header(self) -> str:
-        return str(self)
-
-
-class _Resource:
-    __slots__ = ("attributes",)
-
-    def __init__(self, attributes: dict[str, Any]) -> None:
-        self.attributes = attributes
-
-
-class _Scope:
-    __slots__ = ("name",)
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-
-class _Event:
-    __slots__ = ("name", "timestamp", "attributes")
-
-    def __init__(self, name: str, timestamp: int, attributes: dict[str, Any]) -> None:
-        self.name, self.timestamp, self.attributes = name, timestamp, attributes
-
-
-class _Link:
-    __slots__ = ("context", "attributes")
-
-    def __init__(self, context: Any, attributes: dict[str, Any]) -> None:
-        self.context, self.attributes = context, attributes
-
-
-class _WireSpan:
-    """A span item from the node, with the fields `otlp_wire.Encoder` reads."""
-
-    __slots__ = ("name", "context", "parent", "kind", "start_time", "end_time", "attributes",
-                 "events", "links", "status", "resource", "instrumentation_scope")
-    name: str
-    context: tuple[Any, ...]
-    parent: tuple[Any, ...] | None
-    kind: SpanKind
-    start_time: int
-    end_time: int
-    attributes: dict[str, Any]
-    events: Any
-    links: Any
-    status: Any
-    resource: _Resource
-    instrumentation_scope: _Scope
-
-
-class _Decoder:
-    """Span items (tuples from the node) -> `_WireSpan`s, resources and scopes shared."""
-
-    def __init__(self) -> None:
-        from opentelemetry.trace import Link, SpanContext, Status, TraceFlags
-
-        self._link, self._context, self._status, self._flags = (
-            Link, SpanContext, Status, TraceFlags)
-        self._resources: dict[int, _Resource] = {}
-        self._scopes: dict[str, _Scope] = {}
-        self._kinds = {kind.value: kind for kind in SpanKind}
-        self._codes = {code.value: code for code in StatusCode}
-        self._unset = Status(StatusCode.UNSET)
-
-    def spans(self, items: list[Any]) -> list[_WireSpan]:
-        out = []
-        for item in items:
-            if len(item) == 2:
-                self._resources[item[0]] = _Resource(item[1])
-                continue
-            (name, trace_id, span_id, state, parent_id, parent_remote, kind, start, end,
-             attributes, events, links, code, description, resource, scope) = item
-            span = _WireSpan()
-            span.name = name
-            span.context = (trace_id, span_id, False, 0, _State(state) if state else None)
-            span.parent = (trace_id, parent_id, parent_remote) if parent_id else None
-            span.kind = self._kinds.get(kind, SpanKind.INTERNAL)
-            span.start_time, span.end_time = start, end
-            span.attributes = attributes
-            span.events = [_Event(*e) for e in events] if events else ()
-            span.links = [
-                _Link(self._context(t, s, r, self._flags(self._flags.SAMPLED)), a)
-                for t, s, r, a in links] if links else ()
-            span.status = (self._unset if not code and not description else
-                           self._status(self._codes.get(code, StatusCode.UNSET),
-                                        description or None))
-            span.resource = self._resources.setdefault(resource, _Resource({}))
-            span.instrumentation_scope = self._scopes.get(scope) or self._scopes.setdefault(
-                scope, _Scope(scope))
-            out.append(span)
-        return out
-
-
 class _Batch(list):  # type: ignore[type-arg]
     """A parsed request; len() is its span count (the exporter counts spans)."""
 
@@ -419,7 +300,7 @@ def _child_main() -> int:
         return 0
     exporter = _Exporter(endpoint=endpoint.url, insecure=endpoint.insecure,
                          timeout=endpoint.timeout)
-    decoder, encoder = _Decoder(), Encoder()
+    encoder = Encoder()
     out = sys.stdout.buffer
     for kind, body in _frames(sys.stdin.buffer):
         if kind == b"F":
@@ -427,14 +308,13 @@ def _child_main() -> int:
             out.flush()
             continue
         try:
-            spans = decoder.spans(marshal.loads(body))
-        except (ValueError, EOFError, TypeError) as exc:
+            request, count = encoder.items(marshal.loads(body))
+        except (ValueError, EOFError, TypeError, AttributeError, OverflowError) as exc:
             log.error("span exporter: a batch did not decode (%s); dropped", exc)
             continue
-        if spans:
-            batch = _Batch([None] * len(spans))
-            batch.request = ExportTraceServiceRequest.FromString(
-                encoder.request(spans))  # type: ignore[arg-type]
+        if count:
+            batch = _Batch([None] * count)
+            batch.request = ExportTraceServiceRequest.FromString(request)
             exporter.export(batch)
     exporter.shutdown()
     return 0

@@ -15,7 +15,7 @@ from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode,
 from opentelemetry.trace.span import TraceState
 
 from runtime._tracing.lean import LeanSpan
-from runtime._tracing.otlp_wire import Encoder, encode_request
+from runtime._tracing.otlp_wire import Encoder, encode_request, span_item
 
 NODE = Resource({"service.name": "stoic", "service.instance.id": "a1",
                  "cloud.availability_zone": "a"})
@@ -85,28 +85,32 @@ def test_lean_spans_and_the_caches_give_the_same_bytes_again() -> None:
 
 
 def test_the_exporter_child_stops_at_a_malformed_frame() -> None:
-    """The child reads typed, length-prefixed frames; garbage ends it cleanly (exit 0)
-    instead of being parsed, and a flush token before it is answered."""
+    """The child reads typed, length-prefixed frames: a batch that does not decode is
+    dropped, a malformed header ends it cleanly (exit 0), and a flush token before them
+    is answered."""
     env = {**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9"}
     proc = subprocess.run(
         [sys.executable, "-m", "runtime._tracing.shipper"], env=env, timeout=60,
-        input=b"F\x00\x00\x00\x017" + b"X\xff\xff\xff\xffgarbage", capture_output=True)
+        input=b"F\x00\x00\x00\x017" + b"M\x00\x00\x00\x03\xff\xfe\xfd"  # not marshal
+              + b"X\xff\xff\xff\xffgarbage", capture_output=True)
     assert proc.returncode == 0
     assert proc.stdout == b"flushed 7\n"
-    assert b"malformed frame" in proc.stderr
+    assert b"did not decode" in proc.stderr and b"malformed frame" in proc.stderr
 
 
 def test_span_items_through_marshal_encode_as_the_sdk_does() -> None:
     """The node's side of the exporter pipe (span -> plain tuple -> marshal) and the child's
-    (tuple -> OTLP) together give the SDK encoder's message, for every field shape."""
+    (tuple -> OTLP), across two batches (resources declared once, in the first), give
+    the SDK encoder's message, for every field shape."""
     import marshal
-
-    from runtime._tracing.shipper import _Decoder, span_item
 
     spans = _spans()
     numbers = {id(NODE): 0, id(WORKER): 1}
     items: list[object] = [(0, dict(NODE.attributes)), (1, dict(WORKER.attributes))]
     items += [span_item(s, numbers[id(s.resource)]) for s in spans]
-    decoded = _Decoder().spans(marshal.loads(marshal.dumps(items)))
-    ours = ExportTraceServiceRequest.FromString(Encoder().request(decoded))
-    assert _flat(ours) == _flat(encode_spans(spans))
+    child = Encoder()
+    first, count = child.items(marshal.loads(marshal.dumps(items)))
+    assert count == len(spans)
+    assert _flat(ExportTraceServiceRequest.FromString(first)) == _flat(encode_spans(spans))
+    again, _ = child.items(marshal.loads(marshal.dumps(items[2:])))
+    assert again == first
