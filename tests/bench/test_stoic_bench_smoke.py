@@ -29,3 +29,6 @@ def test_stoic_bench_smoke(args: list[str], tmp_path: Path) -> None:
     assert args[0] in figures
     if args[0] == "chaos":
         assert figures["chaos"]["async"]["lost"] == 0
+    if args[0] == "tracing":  # the export mode's spans reached the sink process
+        assert figures["tracing"]["spans_received"] > 0
+        assert figures["tracing"]["stoic_cpu_us_per_call"]["OTLP export"] > 0
