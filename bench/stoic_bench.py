@@ -30,7 +30,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from bench._measure import LoadSettings, measure_target, run_floor
+from bench._measure import LoadSettings, measure_target, run_floor, run_load_process
 from bench._report import format_table, ratio_lines, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -462,7 +462,6 @@ def bench_tracing(args: argparse.Namespace) -> dict[str, Any]:
     settings = LoadSettings(latency_count=args.count, throughput_count=args.count * 3,
                             concurrency=args.concurrency, warmup=min(200, args.count),
                             api="stream")  # as the Python client calls
-    calls = settings.latency_count + settings.throughput_count
     rounds: dict[str, list[dict[str, Any]]] = {}
     with _otlp_sink() as (endpoint, spans_received, sink_pid):
         modes = [
@@ -480,10 +479,17 @@ def bench_tracing(args: argparse.Namespace) -> dict[str, Any]:
                         assert warm.invoke("echo", 1).value == 1
                     roots = [os.getpid(), sink_pid]
                     _settled(roots)
+                    _say(f"latency: {settings.latency_count} calls, 1 in flight")
+                    run = {"latency": run_load_process(c.addresses[0], "latency", settings)}
+                    _settled(roots)
+                    _say(f"throughput: {settings.throughput_count} calls, "
+                         f"{settings.concurrency} in flight")
                     before = _process_cpu(roots)
-                    run = measure_target(c.addresses[0], settings, progress=_say)
+                    run["throughput"] = run_load_process(c.addresses[0], "throughput",
+                                                         settings)
                     after = _process_cpu(roots)
-                    run["cpu_us_per_call"] = {
+                    calls = settings.throughput_count + settings.warmup
+                    run["cpu_us_per_call"] = {  # at full load
                         k: round((after[k] - before.get(k, 0.0)) / calls * 1e6)
                         for k in sorted(after)}
                     rounds.setdefault(label, []).append(run)
@@ -507,7 +513,8 @@ def bench_tracing(args: argparse.Namespace) -> dict[str, Any]:
             for k, v in m["cpu_us_per_call"].items():
                 cpu.setdefault(k, []).append(v)
         shown = ", ".join(f"{k} {sorted(v)[len(v) // 2]}" for k, v in sorted(cpu.items()))
-        print(f"CPU µs per call, median of rounds ({label}): {shown}")
+        print(f"CPU µs per call at {args.concurrency} in flight, median of rounds ({label}): "
+              f"{shown}")
     # Stoic's own processes (the sink stands for a collector on another machine): less
     # noisy than throughput on a shared machine, since it does not depend on scheduling.
     stoic_cpu: dict[str, float] = {}
