@@ -349,18 +349,25 @@ class Node:
         invocation_id = call.metadata.get(INVOCATION_HEADER) or os.urandom(16).hex()  # as uuid4().hex, cheaper
         attrs = {ATTR_FUNCTION: spec.name, ATTR_INVOCATION_ID: invocation_id,
                  "stoic.node": self.config.node_id, "stoic.zone": self.config.zone}
+        # Made current only where code below relies on the current span (the store calls
+        # of an idempotent call); elsewhere it is passed on explicitly, a context switch
+        # less per call.
+        idempotent = bool(request.idempotency_key)
         with self.tracing.start_span("stoic.node.receive", parent=call.metadata,
-                                     kind=SpanKind.SERVER, attributes=attrs):
+                                     kind=SpanKind.SERVER, attributes=attrs,
+                                     attach=idempotent) as receive:
             if call.metadata.get(HOP_HEADER):
                 attempt = int(call.metadata.get(ATTEMPT_HEADER, "1") or 1)
-                return await self._run_local(spec, request, invocation_id, attempt, call)
+                return await self._run_local(spec, request, invocation_id, attempt, call,
+                                             receive)
             started = time.perf_counter()
             outcome = "ok"
             try:
-                if request.idempotency_key:
+                if idempotent:
                     result = await self._invoke_idempotent(spec, request, call.deadline)
                 else:
-                    result = await self.dispatch(spec, request, invocation_id, call.deadline)
+                    result = await self.dispatch(spec, request, invocation_id, call.deadline,
+                                                 parent=receive)
                 if result.error is not None:
                     outcome = "error"
                 return result
@@ -426,11 +433,12 @@ class Node:
     async def dispatch(
         self, spec: wire.FunctionSpec, request: wire.InvokeRequest, invocation_id: str,
         deadline: float | None, *, first_attempt: int = 1, max_attempts: int | None = None,
-        trace_context: dict[str, str] | None = None,
+        trace_context: dict[str, str] | None = None, parent: otel_trace.Span | None = None,
     ) -> wire.InvokeResult:
         """Run `request` here or on a peer, re-dispatching after a crash or a dead peer
         while attempts remain (`spec.retries` re-runs by default). Raises the last
-        platform error when attempts run out; a handler error is a result, not retried."""
+        platform error when attempts run out; a handler error is a result, not retried.
+        Each attempt's span is a child of `parent` (default: the caller's current span)."""
         attempts = max_attempts if max_attempts is not None else spec.retries + 1
         excluded: set[str] = set()
         last: StoicError | None = None
@@ -450,7 +458,7 @@ class Node:
                 # Not made current (attach=False, a context switch less per attempt): its
                 # children below get it as their parent explicitly.
                 with self.tracing.start_span("stoic.attempt", attributes=attrs,
-                                             attach=False) as span:
+                                             parent=parent, attach=False) as span:
                     routed_at = time.time_ns()
                     use_local = (local is not None and local.usable
                                  and self.config.node_id not in excluded)
@@ -542,7 +550,7 @@ class Node:
                 self.tracing.record_supervisor_event(
                     span, "child_terminated",
                     {ATTR_REASON: str(exc), ATTR_INVOCATION_ID: invocation_id,
-                     ATTR_FUNCTION: spec.name, ATTR_ATTEMPT: attempt})
+                     ATTR_FUNCTION: spec.name, ATTR_ATTEMPT: attempt}, parent=span)
             raise
         finally:
             waiting.discard(span)

@@ -51,16 +51,18 @@ class LeanSpan(trace.Span):
         resource: Resource,
         scope: InstrumentationScope,
         sink: Callable[[LeanSpan], None],
+        start_time: int = 0,
     ) -> None:
+        """`start_time` (unix ns): 0 for now."""
         self.name = name
         self.context = context
         self.parent = parent
         self.kind = kind
         self.attributes: dict[str, Any] = dict(attributes) if attributes else {}
         self.events: list[Event] = []
-        self.links: list[Link] = list(links)
+        self.links: list[Link] = list(links) if links else []
         self.status = _UNSET
-        self.start_time = time.time_ns()
+        self.start_time = start_time or time.time_ns()
         self.end_time: int | None = None
         self.resource = resource
         self.instrumentation_scope = scope

@@ -411,8 +411,7 @@ class Tracing:
         span = LeanSpan(name, trace.SpanContext(pctx.trace_id, _new_span_id(), False,
                                                 pctx.trace_flags),
                         pctx, SpanKind.INTERNAL, attributes, (), self._resource, self._scope,
-                        self._sink)
-        span.start_time = start_time
+                        self._sink, start_time)
         span.end(end_time)
 
     def record_worker_spans(
@@ -444,12 +443,11 @@ class Tracing:
             pctx.trace_id, timing.handler_span_id or _new_span_id(), False, flags)
         if self._lean:
             execute_span = LeanSpan("stoic.worker.execute", execute_ctx, pctx, SpanKind.SERVER,
-                                    attrs, (), self._worker_resource, self._scope, self._sink)
-            execute_span.start_time = timing.execute_start
+                                    attrs, (), self._worker_resource, self._scope, self._sink,
+                                    timing.execute_start)
             handler_span = LeanSpan("stoic.handler", handler_ctx, execute_ctx,
                                     SpanKind.INTERNAL, attrs, (), self._worker_resource,
-                                    self._scope, self._sink)
-            handler_span.start_time = timing.handler_start
+                                    self._scope, self._sink, timing.handler_start)
             if error:
                 handler_span.status = Status(StatusCode.ERROR, error)
             execute_span.end(timing.execute_end)
