@@ -154,10 +154,19 @@ class UserSpans:
     asks for `ctx.tracer` and uses it."""
 
     def __init__(self, config: WorkerConfig) -> None:
+        from opentelemetry import context as context_api
+        from opentelemetry import trace
+
+        from runtime._tracing.propagation import remote_parent
+
         self._config = config
         self._lock = threading.Lock()  # sync handlers run in threads
         self._tracing: Any = None
         self.tracer = _LazyTracer(self)
+        # looked up once: enter/exit run on every call
+        self._attach, self._detach = context_api.attach, context_api.detach
+        self._in_context, self._span = trace.set_span_in_context, trace.NonRecordingSpan
+        self._span_context, self._remote_parent = trace.SpanContext, remote_parent
 
     def real_tracer(self) -> Any:
         with self._lock:
@@ -170,23 +179,16 @@ class UserSpans:
 
     def enter(self, trace_context: Mapping[str, str], handler_span_id: int) -> object | None:
         """Make the handler's span (which the node records) current; a token for exit."""
-        from opentelemetry import context as context_api
-        from opentelemetry import trace
-
-        from runtime._tracing.propagation import remote_parent
-
-        parent = remote_parent(trace_context if type(trace_context) is dict
-                               else dict(trace_context))
+        parent = self._remote_parent(trace_context if type(trace_context) is dict
+                                     else dict(trace_context))
         if parent is None:
             return None
-        handler = trace.NonRecordingSpan(trace.SpanContext(
+        handler = self._span(self._span_context(
             parent.trace_id, handler_span_id, False, parent.trace_flags))
-        return context_api.attach(trace.set_span_in_context(handler))
+        return self._attach(self._in_context(handler))
 
     def exit(self, token: object) -> None:
-        from opentelemetry import context as context_api
-
-        context_api.detach(token)  # type: ignore[arg-type]
+        self._detach(token)  # type: ignore[arg-type]
 
     def shutdown(self, timeout: float) -> None:
         with self._lock:
