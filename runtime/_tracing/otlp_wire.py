@@ -1,16 +1,17 @@
-"""Finished spans straight to OTLP protobuf bytes (an `ExportTraceServiceRequest`).
+"""Finished spans to OTLP protobuf bytes (an `ExportTraceServiceRequest`), by hand.
 
-Why by hand: the node's spans must be serialized under the node's GIL, on the core that
-runs every invocation's event loop. Building protobuf message objects (the SDK's encoder,
-or our own through the generated classes) costs tens of microseconds of Python per span;
-writing the wire format directly costs a few, because most of a span is the same from call
-to call — the name and kind, the attribute keys, the function and node names, the resource
-— and those parts are encoded once and cached.
+Two steps: `span_item` reads a span into a flat tuple of plain values (cheap; a node does
+this where a span ends and hands the tuples to its exporter child), and `Encoder` writes
+the protobuf wire format from such tuples (in the exporter child). Why by hand: building
+protobuf message objects (the SDK's encoder, or the generated classes) costs tens of
+microseconds of Python per span; writing the wire format directly costs about ten here,
+because most of a span is the same from call to call — the name and kind, the attribute
+keys, the function and node names, the resource — and those parts are encoded once and
+cached.
 
-The layout follows opentelemetry-proto's trace.proto (v1): field numbers below. The output
-is checked against the generated classes in tests (parse it back and compare).
-`encode_request` never raises for a span the SDK could hold: values of unknown types are
-sent as their `str()`.
+The layout follows opentelemetry-proto's trace.proto (v1). Tests parse the output back
+with the generated classes and compare it with the SDK encoder's message. Attribute values
+of types OTLP has no field for are sent as their `str()`.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ _PACK_d = struct.Struct("<d").pack
 _PACK_I = struct.Struct("<I").pack
 _MASK64 = (1 << 64) - 1
 
-# span kind: the API's enum starts at INTERNAL=0; OTLP's at UNSPECIFIED=0, INTERNAL=1
+# (span kinds: the API's enum starts at INTERNAL=0, OTLP's at UNSPECIFIED=0, INTERNAL=1)
 # Span.flags: bit 8 "parent remote-ness known", bit 9 "parent is remote"
 _FLAGS_LOCAL = b"\x85\x01" + _PACK_I(0x100)
 _FLAGS_REMOTE = b"\x85\x01" + _PACK_I(0x300)
