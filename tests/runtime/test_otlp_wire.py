@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.resources import Resource
@@ -114,3 +115,30 @@ def test_span_items_through_marshal_encode_as_the_sdk_does() -> None:
     assert _flat(ExportTraceServiceRequest.FromString(first)) == _flat(encode_spans(spans))
     again, _ = child.items(marshal.loads(marshal.dumps(items[2:])))
     assert again == first
+
+
+def test_an_attribute_marshal_refuses_is_sent_as_its_str() -> None:
+    """A LeanSpan takes any attribute value; the shipper falls back to plain values for a
+    batch marshal refuses, and the value arrives as its str()."""
+    import marshal
+
+    from runtime._tracing.shipper import _plain_item
+
+    class Odd:
+        def __str__(self) -> str:
+            return "odd-value"
+
+    lean = LeanSpan("x", _ctx(9), None, SpanKind.INTERNAL, {"k": Odd(), "n": [1, Odd()]},
+                    (), NODE, SCOPE, lambda span: None)
+    lean.end()
+    item = span_item(lean, 0)
+    with pytest.raises(ValueError):
+        marshal.dumps([item])
+    body, count = Encoder().items(marshal.loads(marshal.dumps(
+        [(0, dict(NODE.attributes)), _plain_item(item)])))
+    span = ExportTraceServiceRequest.FromString(body).resource_spans[0].scope_spans[0].spans[0]
+    assert count == 1
+    assert {kv.key: kv.value.string_value for kv in span.attributes}["k"] == "odd-value"
+    assert [v.string_value or v.int_value for v in
+            next(kv for kv in span.attributes if kv.key == "n").value.array_value.values] == \
+        [1, "odd-value"]
