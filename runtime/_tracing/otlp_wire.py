@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode
 
-__all__ = ["Encoder", "SpanLike", "encode_request", "span_item"]
+__all__ = ["Encoder", "SpanLike", "encode_request", "plain_item", "span_item"]
 
 _PACK_Q = struct.Struct("<Q").pack
 _PACK_d = struct.Struct("<d").pack
@@ -139,6 +139,28 @@ def span_item(span: SpanLike, resource: int) -> tuple[Any, ...]:
           dict(ln.attributes or {})) for ln in span.links] if span.links else None,
         _CODE_NUMBER.get(status.status_code, 0), status.description or "",
         resource, scope.name if scope is not None else "stoic")
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, str | bool | int | float | bytes):
+        return value
+    if isinstance(value, list | tuple):
+        return tuple(_plain(v) for v in value)
+    return str(value)
+
+
+def plain_item(item: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A `span_item` (or resource declaration) with only plain attribute values (any
+    other becomes its str()): for a batch `marshal` refuses."""
+    if len(item) == 2:
+        return (item[0], {k: _plain(v) for k, v in item[1].items()})
+    items = list(item)
+    items[9] = {k: _plain(v) for k, v in item[9].items()}
+    if item[10]:
+        items[10] = [(n, t, {k: _plain(v) for k, v in a.items()}) for n, t, a in item[10]]
+    if item[11]:
+        items[11] = [(t, s, r, {k: _plain(v) for k, v in a.items()}) for t, s, r, a in item[11]]
+    return tuple(items)
 
 
 class Encoder:

@@ -109,22 +109,14 @@ def parse_traceparent(value: str, tracestate: str | None = None) -> trace.SpanCo
 
 
 def remote_parent(metadata: Carrier) -> trace.SpanContext | None:
-    """The remote parent named by `metadata`'s `traceparent` (and `tracestate`), or None."""
-    if isinstance(metadata, dict):
-        value = metadata.get("traceparent")
-        if value is None and metadata and any(
-                isinstance(k, str) and k.lower() == "traceparent" for k in metadata):
-            headers = _as_dict(metadata)
-        elif not isinstance(value, str):
-            return None
-        else:
-            return parse_traceparent(value, metadata.get("tracestate"))
-    else:
-        headers = _as_dict(metadata)
-    value = headers.get("traceparent")
-    if value is None:
+    """The remote parent named by `metadata`'s `traceparent` (and `tracestate`), or None.
+    Keys match case-insensitively; gRPC's lowercase dict is read as it is."""
+    headers = (metadata if type(metadata) is dict and "traceparent" in metadata
+               else _as_dict(metadata))
+    value, state = headers.get("traceparent"), headers.get("tracestate")
+    if not isinstance(value, str):
         return None
-    return parse_traceparent(value, headers.get("tracestate"))
+    return parse_traceparent(value, state if isinstance(state, str) else None)
 
 
 def extract(metadata: Carrier) -> otel_context.Context:

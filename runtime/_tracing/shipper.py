@@ -43,7 +43,7 @@ from typing import IO, Any
 from opentelemetry import context as otel_context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 
-from runtime._tracing.otlp_wire import span_item
+from runtime._tracing.otlp_wire import plain_item, span_item
 
 __all__ = ["SpanShipper"]
 
@@ -81,6 +81,7 @@ class SpanShipper(SpanProcessor):
         self.dropped = 0
         self._wake = threading.Event()
         self._lock = threading.Lock()  # the pipe: the thread and force_flush write to it
+        self._ship_lock = threading.Lock()  # the queue's consumers, see _ship_all
         self._closed = False
         self._flushes = 0
         env = dict(os.environ if environ is None else environ)
@@ -115,9 +116,9 @@ class SpanShipper(SpanProcessor):
             return
         resource = span.resource
         known = self._resources.get(id(resource))
-        if known is None or known[0] is not resource:
-            known = (resource, len(self._resources))  # never removed: numbers stay unique
-            self._resources[id(resource)] = known  # holds it: the id stays unique too
+        if known is None:  # entries are never removed and hold their resource, so ids
+            known = (resource, len(self._resources))  # and numbers stay unique
+            self._resources[id(resource)] = known
             self._declarations.append((known[1], dict(resource.attributes)))
         queue.append(span_item(span, known[1]))
         if len(queue) >= self._max_batch:
@@ -132,6 +133,12 @@ class SpanShipper(SpanProcessor):
             self._ship_all()
 
     def _ship_all(self) -> None:
+        # One shipper at a time (the thread, or force_flush's caller): otherwise one could
+        # send a span while the other still holds its resource's declaration.
+        with self._ship_lock:
+            self._ship_queued()
+
+    def _ship_queued(self) -> None:
         while self._queue:
             batch: list[tuple[Any, ...]] = []
             queue = self._queue
@@ -146,7 +153,7 @@ class SpanShipper(SpanProcessor):
             try:
                 body = marshal.dumps(batch)
             except ValueError:  # an attribute value of a type marshal refuses
-                body = marshal.dumps([_plain_item(item) for item in batch])
+                body = marshal.dumps([plain_item(item) for item in batch])
             self._send(_HEADER.pack(b"M", len(body)) + body)
 
     def _send(self, data: bytes) -> bool:
@@ -248,27 +255,6 @@ def _frames(stream: IO[bytes]) -> Any:
         if body is None:
             return
         yield kind, body
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, str | bool | int | float | bytes):
-        return value
-    if isinstance(value, list | tuple):
-        return tuple(_plain(v) for v in value)
-    return str(value)
-
-
-def _plain_item(item: tuple[Any, ...]) -> tuple[Any, ...]:
-    """`item` with every attribute value marshal can take (others become their str())."""
-    if len(item) == 2:
-        return (item[0], {k: _plain(v) for k, v in item[1].items()})
-    items = list(item)
-    items[9] = {k: _plain(v) for k, v in item[9].items()}
-    if item[10]:
-        items[10] = [(n, t, {k: _plain(v) for k, v in a.items()}) for n, t, a in item[10]]
-    if item[11]:
-        items[11] = [(t, s, r, {k: _plain(v) for k, v in a.items()}) for t, s, r, a in item[11]]
-    return tuple(items)
 
 
 class _Batch(list):  # type: ignore[type-arg]

@@ -179,8 +179,7 @@ class UserSpans:
 
     def enter(self, trace_context: Mapping[str, str], handler_span_id: int) -> object | None:
         """Make the handler's span (which the node records) current; a token for exit."""
-        parent = self._remote_parent(trace_context if type(trace_context) is dict
-                                     else dict(trace_context))
+        parent = self._remote_parent(trace_context)
         if parent is None:
             return None
         handler = self._span(self._span_context(

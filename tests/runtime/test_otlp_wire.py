@@ -16,7 +16,7 @@ from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode,
 from opentelemetry.trace.span import TraceState
 
 from runtime._tracing.lean import LeanSpan
-from runtime._tracing.otlp_wire import Encoder, encode_request, span_item
+from runtime._tracing.otlp_wire import Encoder, encode_request, plain_item, span_item
 
 NODE = Resource({"service.name": "stoic", "service.instance.id": "a1",
                  "cloud.availability_zone": "a"})
@@ -122,8 +122,6 @@ def test_an_attribute_marshal_refuses_is_sent_as_its_str() -> None:
     batch marshal refuses, and the value arrives as its str()."""
     import marshal
 
-    from runtime._tracing.shipper import _plain_item
-
     class Odd:
         def __str__(self) -> str:
             return "odd-value"
@@ -135,7 +133,7 @@ def test_an_attribute_marshal_refuses_is_sent_as_its_str() -> None:
     with pytest.raises(ValueError):
         marshal.dumps([item])
     body, count = Encoder().items(marshal.loads(marshal.dumps(
-        [(0, dict(NODE.attributes)), _plain_item(item)])))
+        [(0, dict(NODE.attributes)), plain_item(item)])))
     span = ExportTraceServiceRequest.FromString(body).resource_spans[0].scope_spans[0].spans[0]
     assert count == 1
     assert {kv.key: kv.value.string_value for kv in span.attributes}["k"] == "odd-value"
