@@ -75,11 +75,28 @@ class WorkerTimingLike(Protocol):
     handler_span_id: int
 
 
-def _is_parentbased_always_on(sampler: sampling.Sampler) -> bool:
-    """True for the default sampler (whose decision needs no call)."""
-    return (isinstance(sampler, sampling.ParentBased)
-            and sampler.get_description() == sampling.ParentBased(
-                sampling.ALWAYS_ON).get_description())
+_TRACE_ID_LIMIT = (1 << 64) - 1
+
+
+def _parentbased_bound(sampler: sampling.Sampler) -> int | None:
+    """For `ParentBased(root)` with the default delegates and a root of always_on,
+    always_off or traceidratio (what OTEL_TRACES_SAMPLER=parentbased_* builds): the bound
+    the root compares a trace id's low 64 bits with (sampled if below it). A decision then
+    needs no sampler call and no Context: follow a valid parent's sampled flag, else
+    compare. None for any other sampler (it is called for every new span)."""
+    if not isinstance(sampler, sampling.ParentBased):
+        return None
+    description = sampler.get_description()
+    if description == sampling.ParentBased(sampling.ALWAYS_ON).get_description():
+        return _TRACE_ID_LIMIT + 1
+    if description == sampling.ParentBased(sampling.ALWAYS_OFF).get_description():
+        return 0
+    root = getattr(sampler, "_root", None)
+    if (isinstance(root, sampling.TraceIdRatioBased)
+            and description == sampling.ParentBased(
+                sampling.TraceIdRatioBased(root.rate)).get_description()):
+        return root.bound
+    return None
 
 
 _SAMPLED = trace.TraceFlags(trace.TraceFlags.SAMPLED)
@@ -167,7 +184,7 @@ class Tracing:
         # and tests that build their own pipeline), which then gets SDK spans.
         self._lean = exporter is None and not disabled
         self._sampler = sampler or sampling.ParentBased(sampling.ALWAYS_ON)
-        self._default_sampler = _is_parentbased_always_on(self._sampler)
+        self._bound = _parentbased_bound(self._sampler)
         self._exporting = (exporter is not None or export_processor is not None) and not disabled
         self._provider: TracerProvider | None = None
         self._tracer: trace.Tracer
@@ -316,7 +333,7 @@ class Tracing:
         elif type(parent_like) is dict:  # gRPC metadata: parse the header, no Context
             parent = (remote_parent(cast("dict[str, str]", parent_like))
                       or trace.INVALID_SPAN_CONTEXT)
-            if not self._default_sampler:
+            if self._bound is None:
                 ctx = to_context(parent_like)
         elif isinstance(parent_like, trace.Span):  # an explicit parent span: no Context needed
             parent = parent_like.get_span_context()
@@ -327,8 +344,10 @@ class Tracing:
             trace_id = parent.trace_id
         else:
             trace_id = random.getrandbits(128) or 1
-        if self._default_sampler:  # parentbased_always_on: follow the parent, else sample
-            sampled = parent.trace_flags.sampled if parent.is_valid else True
+        bound = self._bound
+        if bound is not None:  # parentbased_*: follow the parent, else the root's ratio
+            sampled = (parent.trace_flags.sampled if parent.is_valid
+                       else (trace_id & _TRACE_ID_LIMIT) < bound)
         else:
             sampled = self._sampler.should_sample(
                 ctx, trace_id, name, kind, attributes, links).decision.is_sampled()

@@ -355,6 +355,42 @@ def test_resource_and_sampler_follow_otel_env() -> None:
     assert not none.exporting
 
 
+@pytest.mark.parametrize("sampler", [
+    "parentbased_always_on", "parentbased_always_off", "parentbased_traceidratio"])
+def test_parentbased_decisions_match_the_sdk_sampler(sampler: str) -> None:
+    """Stoic decides parentbased_* without calling the sampler (follow the parent, else
+    compare the trace id with the root's bound): same answers as the SDK's sampler, for
+    root spans and for remote parents sampled or not."""
+    from opentelemetry.sdk.trace import sampling
+
+    from runtime._tracing.config import sampler_from_env
+    from runtime._tracing.propagation import to_context
+
+    env = {"OTEL_TRACES_SAMPLER": sampler, "OTEL_TRACES_SAMPLER_ARG": "0.3"}
+    tracing = Tracing.from_env(environ=env)
+    reference = sampler_from_env(env)
+    rng = __import__("random").Random(7)
+    seen = set()
+    for i in range(400):
+        parent: dict[str, str] | None = None
+        if i % 3:
+            parent = {"traceparent": f"00-{rng.getrandbits(128) or 1:032x}-"
+                                     f"{rng.getrandbits(64) or 1:016x}-0{i % 3 - 1}"}
+        with tracing.start_span("s", parent=parent, attach=False) as span:
+            ctx = span.get_span_context()
+        want = reference.should_sample(to_context(parent) if parent else None, ctx.trace_id,
+                                       "s").decision.is_sampled()
+        assert ctx.trace_flags.sampled == want, (i, parent)
+        seen.add(want)
+    if sampler == "parentbased_traceidratio":
+        assert seen == {True, False}
+    # a sampler of another shape is asked every time
+    custom = Tracing(tracing.resource, sampler=sampling.ParentBased(
+        sampling.ALWAYS_ON, remote_parent_sampled=sampling.ALWAYS_OFF))
+    with custom.start_span("s", parent={"traceparent": f"00-{1:032x}-{2:016x}-01"}) as span:
+        assert not span.get_span_context().trace_flags.sampled
+
+
 # --- records and the tree view ------------------------------------------------------------
 
 
