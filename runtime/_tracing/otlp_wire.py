@@ -20,7 +20,7 @@ import struct
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
-from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode
+from opentelemetry.trace import SpanContext, SpanKind, Status
 
 __all__ = ["Encoder", "SpanLike", "encode_request", "plain_item", "span_item"]
 
@@ -114,8 +114,6 @@ def _key_value(key: str, value: Any) -> bytes:
     return _string(b"\x0a", key) + _field(b"\x12", _any_value(value))
 
 
-_KIND_NUMBER = {kind: kind.value for kind in SpanKind}
-_CODE_NUMBER = {code: code.value for code in StatusCode}
 
 
 def span_item(span: SpanLike, resource: int) -> tuple[Any, ...]:
@@ -131,13 +129,13 @@ def span_item(span: SpanLike, resource: int) -> tuple[Any, ...]:
         span.name, ctx[0], ctx[1], ctx[4].to_header() if ctx[4] else "",  # type: ignore[index]
         parent[1] if parent is not None else 0,
         bool(parent[2]) if parent is not None else False,
-        _KIND_NUMBER.get(span.kind, 0), span.start_time or 0, span.end_time or 0,
+        span.kind._value_, span.start_time or 0, span.end_time or 0,
         (attributes if type(attributes) is dict else dict(attributes or {})),
         [(e.name, e.timestamp, dict(e.attributes or {})) for e in span.events]
         if span.events else None,
         [(ln.context.trace_id, ln.context.span_id, ln.context.is_remote,
           dict(ln.attributes or {})) for ln in span.links] if span.links else None,
-        _CODE_NUMBER.get(status.status_code, 0), status.description or "",
+        status.status_code._value_, status.description or "",
         resource, scope.name if scope is not None else "stoic")
 
 

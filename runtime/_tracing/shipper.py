@@ -80,6 +80,7 @@ class SpanShipper(SpanProcessor):
             collections.deque())  # resources not yet sent
         self.dropped = 0
         self._wake = threading.Event()
+        self._waking = False  # _wake was set and the thread has not woken yet
         self._lock = threading.Lock()  # the pipe: the thread and force_flush write to it
         self._ship_lock = threading.Lock()  # the queue's consumers, see _ship_all
         self._closed = False
@@ -121,7 +122,8 @@ class SpanShipper(SpanProcessor):
             self._resources[id(resource)] = known
             self._declarations.append((known[1], dict(resource.attributes)))
         queue.append(span_item(span, known[1]))
-        if len(queue) >= self._max_batch:
+        if len(queue) >= self._max_batch and not self._waking:
+            self._waking = True  # once per batch: Event.set takes a lock and notifies
             self._wake.set()
 
     # --- the shipping thread ---
@@ -130,6 +132,7 @@ class SpanShipper(SpanProcessor):
         while not self._closed:
             self._wake.wait(self._delay)
             self._wake.clear()
+            self._waking = False
             self._ship_all()
 
     def _ship_all(self) -> None:
