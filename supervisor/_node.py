@@ -804,7 +804,11 @@ async def _serve_until_signalled(config: NodeConfig) -> None:
 
 
 class TracedStore:
-    """The store, with one child span per operation (`stoic.store.<op>`)."""
+    """The store, with one child span per operation (`stoic.store.<op>`) made inside a
+    trace. An operation with no current span (the async consumer's idle lease polls,
+    membership heartbeats) makes no span: as roots they would be traces of their own, ten
+    a second per node, flooding the collector and pushing invocations' spans out of the
+    bounded local recorder."""
 
     def __init__(self, store: Any, tracing: Tracing) -> None:
         self._store = store
@@ -817,6 +821,8 @@ class TracedStore:
         tracing = self._tracing
 
         async def traced(*args: Any, **kwargs: Any) -> Any:
+            if not otel_trace.get_current_span().get_span_context().is_valid:
+                return await attr(*args, **kwargs)
             with tracing.start_span(f"stoic.store.{name}"):
                 return await attr(*args, **kwargs)
 
