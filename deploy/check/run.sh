@@ -21,6 +21,10 @@ PROJECT=stoiccheck
 WORK="$(mktemp -d)"
 say() { printf '== %s\n' "$*"; }
 fail() { printf 'FAIL: %s\n' "$*" >&2; exit 1; }
+build() {  # docker build -q ARGS..., its output shown only when it fails
+    docker build -q --network host "$@" >"$WORK/build.log" 2>&1 \
+        || { tail -30 "$WORK/build.log"; fail "docker build $*"; }
+}
 
 docker info >/dev/null 2>&1 || fail "no Docker engine answers (docker info)"
 if docker compose version >/dev/null 2>&1; then
@@ -50,20 +54,20 @@ cp /usr/local/share/ca-certificates/*.crt "$STANDIN/" 2>/dev/null || true
 if ! have_image python:3.11-slim; then
     debian_base
     say "python:3.11-slim is not available: building a stand-in"
-    docker build -q --network host -f "$STANDIN/python.Dockerfile" -t python:3.11-slim "$STANDIN" >/dev/null
+    build -f "$STANDIN/python.Dockerfile" -t python:3.11-slim "$STANDIN"
 fi
 if ! have_image redis:7; then
     debian_base
     say "redis:7 is not available: building a stand-in"
-    docker build -q --network host -f "$STANDIN/redis.Dockerfile" -t redis:7 "$STANDIN" >/dev/null
+    build -f "$STANDIN/redis.Dockerfile" -t redis:7 "$STANDIN"
 fi
 
 # --- the image, from the committed tree (what a clone gets) -------------------------------
 say "building stoic:dev from deploy/Dockerfile (HEAD $(git -C "$REPO" rev-parse --short HEAD))"
 mkdir "$WORK/context"
 git -C "$REPO" archive HEAD | tar -x -C "$WORK/context"
-docker build -q --network host -f "$WORK/context/deploy/Dockerfile" -t stoic:dev "$WORK/context" >/dev/null
-docker build -q --network host -f "$STANDIN/receiver.Dockerfile" -t stoic-check/otlp-receiver "$STANDIN" >/dev/null
+build -f "$WORK/context/deploy/Dockerfile" -t stoic:dev "$WORK/context"
+build -f "$STANDIN/receiver.Dockerfile" -t stoic-check/otlp-receiver "$STANDIN"
 
 # --- up -----------------------------------------------------------------------------------
 read -r A B C R O < <(python3 -c '
@@ -92,12 +96,13 @@ healthy() {  # every service that has a healthcheck reports healthy
     done
     [ "$n" -eq 4 ]  # redis and three nodes
 }
+up_at=$SECONDS
 deadline=$((SECONDS + 180))
 until healthy; do
     [ $SECONDS -lt $deadline ] || { dc ps; fail "not every service became healthy in 180 s"; }
     sleep 2
 done
-say "all services healthy after $SECONDS s"
+say "all services healthy $((SECONDS - up_at)) s after up"
 
 # --- the README's compose tour --------------------------------------------------------------
 TARGET="127.0.0.1:$A,127.0.0.1:$B,127.0.0.1:$C"
