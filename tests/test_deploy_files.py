@@ -170,6 +170,40 @@ def test_compose_runs_three_nodes_in_three_zones_with_redis_and_jaeger() -> None
         pytest.xfail(ADVERTISE_MISSING)
 
 
+def test_the_compose_check_rewrites_every_address_to_loopback() -> None:
+    """deploy/check/loopback.py (what deploy/check/run.sh brings up) keeps the compose
+    file's services and commands, and leaves no address but 127.0.0.1 in them: a new
+    service name, port or flag in docker-compose.yml that it misses fails here."""
+    _yaml()
+    import importlib.util
+    import json
+
+    spec = importlib.util.spec_from_file_location("loopback", DEPLOY / "check" / "loopback.py")
+    assert spec is not None and spec.loader is not None
+    loopback = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(loopback)
+    original = _compose()
+    ports = {"node-a": 15051, "node-b": 15052, "node-c": 15053}
+    out = loopback.rewrite(original, ports, 16379, 14317)
+    assert set(out["services"]) == set(original["services"])
+    assert original["services"]["node-a"].get("network_mode") is None  # not modified
+    names = set(original["services"])
+    for name, svc in out["services"].items():
+        assert svc["network_mode"] == "host" and "ports" not in svc and "hostname" not in svc
+        text = json.dumps(svc)
+        for other in names:  # no service name used as a host
+            assert not re.search(rf"(//|=|'){re.escape(other)}:\d", text), (name, other)
+        assert "0.0.0.0" not in text, name
+    for name, port in ports.items():
+        args, _ = _parse_node(list(out["services"][name]["command"]), name)
+        assert args.listen == f"127.0.0.1:{port}"
+        assert args.store == "redis://127.0.0.1:16379/0"
+        assert out["services"][name]["environment"]["OTEL_EXPORTER_OTLP_ENDPOINT"] == (
+            "http://127.0.0.1:14317")
+        assert f"127.0.0.1:{port}" in out["services"][name]["healthcheck"]["test"][3]
+    assert "16379" in out["services"]["redis"]["healthcheck"]["test"]
+
+
 # --- Kubernetes -----------------------------------------------------------------------
 def test_k8s_runs_one_deployment_per_zone_with_grpc_probes() -> None:
     docs = _k8s_docs()
