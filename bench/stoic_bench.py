@@ -454,8 +454,9 @@ def _otlp_sink() -> Iterator[tuple[str, Callable[[], int], int]]:
 
 def bench_tracing(args: argparse.Namespace) -> dict[str, Any]:
     """Warm invoke throughput and p50 with tracing off, with the local recorder only (the
-    default), and exporting every span over OTLP/gRPC to a sink process (a collector's
-    stand-in that parses and counts). The three modes run `--rounds` times, interleaved
+    default), exporting every span over OTLP/gRPC to a sink process (a collector's
+    stand-in that parses and counts), and exporting one trace in ten
+    (parentbased_traceidratio 0.1). The modes run `--rounds` times, interleaved
     (the order rotates each round), and each mode reports its median round: on a noisy
     machine one run each would measure the noise. CPU per call by process role is read
     from /proc around each measurement."""
@@ -468,9 +469,12 @@ def bench_tracing(args: argparse.Namespace) -> dict[str, Any]:
             ("off (OTEL_SDK_DISABLED)", {"OTEL_SDK_DISABLED": "true"}),
             ("local recorder (default)", {}),
             ("OTLP export", {"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint}),
+            ("OTLP export, 10% sampled", {"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
+                                          "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+                                          "OTEL_TRACES_SAMPLER_ARG": "0.1"}),
         ]
         for r in range(args.rounds):
-            for label, env in modes[r % 3:] + modes[:r % 3]:
+            for label, env in modes[r % len(modes):] + modes[:r % len(modes)]:
                 _say(f"round {r + 1}/{args.rounds}: {label}")
                 with cluster(zones=("a",), env=env) as c:
                     from runtime import Client
