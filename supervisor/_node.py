@@ -51,7 +51,7 @@ from runtime import (
 )
 from supervisor._membership import MemberRecord, Membership, MembershipConfig
 from supervisor._placement import Member, should_host
-from supervisor._pool import FunctionPool, PoolConfig
+from supervisor._pool import FunctionPool, PoolConfig, PoolStopping
 
 log = logging.getLogger("stoic.node")
 
@@ -475,6 +475,14 @@ class Node:
                                 span, "child_terminated", {ATTR_REASON: str(exc), **attrs},
                                 parent=span)
                             raise
+                        except PoolStopping as exc:
+                            # the function was placed elsewhere (or this node is stopping)
+                            # while the request waited for an instance; it did not run:
+                            # a peer takes it, same attempt
+                            span.add_event("local pool stopping; routing to a peer")
+                            excluded.add(self.config.node_id)
+                            last = exc
+                            continue
                         except Unavailable:
                             if local is not None and local.state == "failing":
                                 self.tracing.record_supervisor_event(

@@ -31,6 +31,11 @@ from supervisor._supervisor import ChildStartError, Report, Supervisor, Supervis
 log = logging.getLogger("stoic.pool")
 
 
+class PoolStopping(Unavailable):
+    """The pool is stopping (its function was placed on other nodes, or the node is
+    shutting down) and did not run the request: another node may."""
+
+
 @dataclass(frozen=True)
 class PoolConfig:
     """Health checking and circuit timings (seconds)."""
@@ -187,7 +192,7 @@ class FunctionPool:
             if self.state == "failing":
                 raise self.unavailable_error()
             if self._stop_requested.is_set():
-                raise Unavailable(f"{self.name}: pool is stopping")
+                raise PoolStopping(f"{self.name}: pool is stopping")
             best: tuple[int, str, Any] | None = None
             for iid, w in self._instances.items():
                 used = self._in_flight.get(iid, 0)

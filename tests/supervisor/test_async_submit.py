@@ -32,21 +32,3 @@ async def test_resubmit_after_a_crash_between_record_and_enqueue_queues_it(tmp_p
         items = await store.lease(QUEUE, max_items=10, visibility_timeout=30)
         assert [i.payload for i in items] == [b"inv-1"]  # queued once, not twice
 
-
-@pytest.mark.anyio
-async def test_store_operations_are_spans_only_inside_a_trace() -> None:
-    """A store call inside an invocation's trace is its child span; one outside any trace
-    (the consumer's idle lease poll, ten a second) makes no trace of its own."""
-    from runtime import MemoryStore
-    from supervisor._node import TracedStore
-
-    tracing = Tracing.from_env(environ={})
-    store = TracedStore(MemoryStore(), tracing)
-    for _ in range(5):
-        assert await store.lease(QUEUE, max_items=1, visibility_timeout=30) == []
-    assert len(tracing.recorder) == 0
-    with tracing.start_span("stoic.async.run") as parent:
-        await store.put("k", b"v", expected_version=0)
-    (put,) = [s for s in tracing.spans_for_trace(parent.get_span_context().trace_id)
-              if s.name == "stoic.store.put"]
-    assert put.parent_id == f"{parent.get_span_context().span_id:016x}"

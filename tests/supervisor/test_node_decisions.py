@@ -1,0 +1,67 @@
+"""The node's own decisions, in process: which store calls become spans, where a request
+goes when the local pool turns it away."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from runtime import Tracing, wire
+from supervisor._async import QUEUE
+
+
+@pytest.mark.anyio
+async def test_store_operations_are_spans_only_inside_a_trace() -> None:
+    """A store call inside an invocation's trace is its child span; one outside any trace
+    (the consumer's idle lease poll, ten a second) makes no trace of its own."""
+    from runtime import MemoryStore
+    from supervisor._node import TracedStore
+
+    tracing = Tracing.from_env(environ={})
+    store = TracedStore(MemoryStore(), tracing)
+    for _ in range(5):
+        assert await store.lease(QUEUE, max_items=1, visibility_timeout=30) == []
+    assert len(tracing.recorder) == 0
+    with tracing.start_span("stoic.async.run") as parent:
+        await store.put("k", b"v", expected_version=0)
+    (put,) = [s for s in tracing.spans_for_trace(parent.get_span_context().trace_id)
+              if s.name == "stoic.store.put"]
+    assert put.parent_id == f"{parent.get_span_context().span_id:016x}"
+
+
+@pytest.mark.anyio
+async def test_a_request_turned_away_by_a_stopping_local_pool_goes_to_a_peer() -> None:
+    """Placement moved the function off this node while a request waited for a local
+    instance: the request did not run, so the same attempt goes to a peer instead of
+    failing with Unavailable (the pool and the peer are stand-ins here; the routing
+    decision is the node's own code)."""
+    from runtime import MemoryStore
+    from supervisor._node import Node, NodeConfig
+    from supervisor._pool import PoolStopping
+
+    node = Node(NodeConfig(node_id="a1", zone="a"), MemoryStore(), spawner_factory=None)
+    spec = wire.FunctionSpec(name="echo", app="examples/hello.py", handler="echo")
+    node.functions["echo"] = spec
+
+    class StoppingPool:
+        usable, state = True, "healthy"
+
+        async def invoke(self, request: object, deadline: object) -> object:
+            raise PoolStopping("a1/echo: pool is stopping")
+
+    forwarded: list[tuple[str, int]] = []
+    peer = SimpleNamespace(node_id="b1", zone="b", load=0, functions=("echo",))
+
+    async def forward(peer: Any, request: Any, invocation_id: str, attempt: int,
+                      deadline: Any, span: Any) -> str:
+        forwarded.append((peer.node_id, attempt))
+        return "answered by b1"
+
+    node.pools["echo"] = StoppingPool()  # type: ignore[assignment]
+    node._candidates = lambda function, exclude: [peer]  # type: ignore[method-assign]
+    node._forward = forward  # type: ignore[method-assign]
+    request = wire.InvokeRequest(function="echo", payload=b"1")
+    assert await node.dispatch(spec, request, "inv-1", None) == "answered by b1"
+    assert forwarded == [("b1", 1)]  # the same attempt, not a retry
