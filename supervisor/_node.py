@@ -476,12 +476,17 @@ class Node:
                                 parent=span)
                             raise
                         except PoolStopping as exc:
-                            # the function was placed elsewhere (or this node is stopping)
-                            # while the request waited for an instance; it did not run:
-                            # a peer takes it, same attempt
-                            span.add_event("local pool stopping; routing to a peer")
-                            excluded.add(self.config.node_id)
+                            # The pool stopped while the request waited for an instance;
+                            # it did not run. Same attempt: on the pool that replaced it
+                            # (a redeploy), else (placed elsewhere, or this node is
+                            # stopping) on a peer.
                             last = exc
+                            unreachable_budget -= 1
+                            if unreachable_budget <= 0:
+                                raise
+                            if self.pools.get(spec.name) is local:
+                                span.add_event("local pool stopping; routing to a peer")
+                                excluded.add(self.config.node_id)
                             continue
                         except Unavailable:
                             if local is not None and local.state == "failing":

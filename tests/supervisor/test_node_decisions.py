@@ -65,3 +65,41 @@ async def test_a_request_turned_away_by_a_stopping_local_pool_goes_to_a_peer() -
     request = wire.InvokeRequest(function="echo", payload=b"1")
     assert await node.dispatch(spec, request, "inv-1", None) == "answered by b1"
     assert forwarded == [("b1", 1)]  # the same attempt, not a retry
+
+
+@pytest.mark.anyio
+async def test_a_request_turned_away_by_a_redeployed_pool_runs_on_its_replacement() -> None:
+    """A redeploy replaced the local pool while a request waited on the old one: the same
+    attempt runs on the new pool, not on a peer."""
+    from runtime import MemoryStore
+    from supervisor._node import Node, NodeConfig
+    from supervisor._pool import PoolStopping
+
+    node = Node(NodeConfig(node_id="a1", zone="a"), MemoryStore(), spawner_factory=None)
+    spec = wire.FunctionSpec(name="echo", app="examples/hello.py", handler="echo")
+    node.functions["echo"] = spec
+    ran: list[int] = []
+
+    class NewPool:
+        usable, state = True, "healthy"
+
+        async def invoke(self, request: Any, deadline: object) -> tuple[Any, int]:
+            ran.append(request.attempt)
+            return SimpleNamespace(timing=None, error=None, payload=b"2",
+                                   content_type=wire.JSON), 4242
+
+    class OldPool:
+        usable, state = True, "healthy"
+
+        async def invoke(self, request: object, deadline: object) -> object:
+            node.pools["echo"] = NewPool()  # type: ignore[assignment]
+            raise PoolStopping("a1/echo: pool is stopping")
+
+    async def no_forward(*args: Any) -> Any:
+        raise AssertionError("sent to a peer")
+
+    node.pools["echo"] = OldPool()  # type: ignore[assignment]
+    node._forward = no_forward  # type: ignore[method-assign]
+    result = await node.dispatch(spec, wire.InvokeRequest(function="echo", payload=b"1"),
+                                 "inv-2", None)
+    assert (result.payload, result.placement.pid, result.attempts, ran) == (b"2", 4242, 1, [1])
