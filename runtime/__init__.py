@@ -41,6 +41,7 @@ from runtime._errors import (  # noqa: E402
     InvocationNotFound,
     InvocationTimeout,
     LimitExceeded,
+    PoolStopping,
     StoicError,
     Unavailable,
     Unreachable,
@@ -49,7 +50,7 @@ from runtime._errors import (  # noqa: E402
 __all__ += [
     "StoicError", "FunctionNotFound", "InvocationNotFound", "InvalidInput", "InvocationTimeout",
     "Unavailable", "LimitExceeded", "InstanceCrashed", "InternalError", "FunctionError",
-    "Unreachable", "ConnectionLost",
+    "Unreachable", "ConnectionLost", "PoolStopping",
 ]
 from runtime._client import AsyncClient, Client  # noqa: E402
 from runtime.wire import InvokeResult  # noqa: E402

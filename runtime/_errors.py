@@ -24,6 +24,7 @@ __all__ = [
     "InvalidInput",
     "InvocationTimeout",
     "Unavailable",
+    "PoolStopping",
     "Unreachable",
     "ConnectionLost",
     "LimitExceeded",
@@ -79,6 +80,13 @@ class Unavailable(StoicError):
     answers. Retrying later may succeed."""
 
     default_retryable = True
+
+
+class PoolStopping(Unavailable):
+    """A node's pool of the function is stopping (the function was placed on other nodes,
+    redeployed, or the node is shutting down) and did not run the request: another node
+    may. Nodes re-route it themselves; a client sees it only when no node could take the
+    call."""
 
 
 class Unreachable(Unavailable):
@@ -139,6 +147,7 @@ STATUS_TABLE: tuple[tuple[type[StoicError], grpc.StatusCode], ...] = (
     (InvalidInput, grpc.StatusCode.INVALID_ARGUMENT),
     (InvocationTimeout, grpc.StatusCode.DEADLINE_EXCEEDED),
     (Unavailable, grpc.StatusCode.UNAVAILABLE),
+    (PoolStopping, grpc.StatusCode.UNAVAILABLE),
     (LimitExceeded, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (InstanceCrashed, grpc.StatusCode.ABORTED),
     (InternalError, grpc.StatusCode.INTERNAL),

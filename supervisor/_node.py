@@ -41,6 +41,7 @@ from runtime import (
     InvocationNotFound,
     InvocationTimeout,
     Metrics,
+    PoolStopping,
     StoicError,
     Tracing,
     Unavailable,
@@ -51,7 +52,7 @@ from runtime import (
 )
 from supervisor._membership import MemberRecord, Membership, MembershipConfig
 from supervisor._placement import Member, should_host
-from supervisor._pool import FunctionPool, PoolConfig, PoolStopping
+from supervisor._pool import FunctionPool, PoolConfig
 
 log = logging.getLogger("stoic.node")
 
@@ -514,8 +515,9 @@ class Node:
                             f"no healthy instance of {spec.name!r} in any zone")
                     return await self._forward(peers[0], request, invocation_id, attempt,
                                                deadline, span)
-            except Unreachable as exc:
-                # The request never reached that node: route around it, same attempt.
+            except (Unreachable, PoolStopping) as exc:
+                # The request never reached that node, or never ran there: route around
+                # it, same attempt.
                 node = getattr(exc, "node_id", None)
                 if node:
                     excluded.add(node)
@@ -607,6 +609,9 @@ class Node:
             return await invoker.invoke(request, metadata=metadata)
         except (Unreachable, ConnectionLost) as exc:
             self.membership.mark_broken(peer.node_id)
+            setattr(exc, "node_id", peer.node_id)  # noqa: B010 - read back by dispatch
+            raise
+        except PoolStopping as exc:  # the peer is fine; its pool of the function is not
             setattr(exc, "node_id", peer.node_id)  # noqa: B010 - read back by dispatch
             raise
         except TimeoutError as exc:

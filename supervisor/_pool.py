@@ -22,6 +22,7 @@ from runtime import (
     ExitReason,
     InstanceCrashed,
     InvocationTimeout,
+    PoolStopping,
     Unavailable,
 )
 from supervisor._child_spec import ChildSpec, Restart
@@ -29,11 +30,6 @@ from supervisor._restart_policy import RestartIntensity, RestartStrategy
 from supervisor._supervisor import ChildStartError, Report, Supervisor, SupervisorSpec
 
 log = logging.getLogger("stoic.pool")
-
-
-class PoolStopping(Unavailable):
-    """The pool is stopping (its function was placed on other nodes, or the node is
-    shutting down) and did not run the request: another node may."""
 
 
 @dataclass(frozen=True)

@@ -37,9 +37,8 @@ async def test_a_request_turned_away_by_a_stopping_local_pool_goes_to_a_peer() -
     instance: the request did not run, so the same attempt goes to a peer instead of
     failing with Unavailable (the pool and the peer are stand-ins here; the routing
     decision is the node's own code)."""
-    from runtime import MemoryStore
+    from runtime import MemoryStore, PoolStopping
     from supervisor._node import Node, NodeConfig
-    from supervisor._pool import PoolStopping
 
     node = Node(NodeConfig(node_id="a1", zone="a"), MemoryStore(), spawner_factory=None)
     spec = wire.FunctionSpec(name="echo", app="examples/hello.py", handler="echo")
@@ -71,9 +70,8 @@ async def test_a_request_turned_away_by_a_stopping_local_pool_goes_to_a_peer() -
 async def test_a_request_turned_away_by_a_redeployed_pool_runs_on_its_replacement() -> None:
     """A redeploy replaced the local pool while a request waited on the old one: the same
     attempt runs on the new pool, not on a peer."""
-    from runtime import MemoryStore
+    from runtime import MemoryStore, PoolStopping
     from supervisor._node import Node, NodeConfig
-    from supervisor._pool import PoolStopping
 
     node = Node(NodeConfig(node_id="a1", zone="a"), MemoryStore(), spawner_factory=None)
     spec = wire.FunctionSpec(name="echo", app="examples/hello.py", handler="echo")
@@ -103,3 +101,38 @@ async def test_a_request_turned_away_by_a_redeployed_pool_runs_on_its_replacemen
     result = await node.dispatch(spec, wire.InvokeRequest(function="echo", payload=b"1"),
                                  "inv-2", None)
     assert (result.payload, result.placement.pid, result.attempts, ran) == (b"2", 4242, 1, [1])
+
+
+@pytest.mark.anyio
+async def test_a_peer_whose_pool_is_stopping_hands_the_request_to_the_next_peer() -> None:
+    """A forwarded request that a peer's stopping pool turned away (PoolStopping crosses
+    the wire by name) goes to the next peer, same attempt, instead of failing."""
+    from runtime import MemoryStore, PoolStopping
+    from runtime._errors import error_from_status, status_for
+    from supervisor._node import Node, NodeConfig
+
+    code, details, name = status_for(PoolStopping("b1/echo: pool is stopping"))
+    assert type(error_from_status(code, details, name)) is PoolStopping
+
+    node = Node(NodeConfig(node_id="a1", zone="a"), MemoryStore(), spawner_factory=None)
+    spec = wire.FunctionSpec(name="echo", app="examples/hello.py", handler="echo")
+    node.functions["echo"] = spec
+    peers = [SimpleNamespace(node_id=n, zone=n[0], load=0, functions=("echo",))
+             for n in ("b1", "c1")]
+    tried: list[tuple[str, int]] = []
+
+    async def forward(peer: Any, request: Any, invocation_id: str, attempt: int,
+                      deadline: Any, span: Any) -> str:
+        tried.append((peer.node_id, attempt))
+        if peer.node_id == "b1":
+            exc = error_from_status(code, details, name)
+            exc.node_id = "b1"  # type: ignore[attr-defined]  # as _forward_call sets it
+            raise exc
+        return "answered by c1"
+
+    node._candidates = lambda function, exclude: [  # type: ignore[method-assign]
+        p for p in peers if p.node_id not in exclude]
+    node._forward = forward  # type: ignore[method-assign]
+    request = wire.InvokeRequest(function="echo", payload=b"1")
+    assert await node.dispatch(spec, request, "inv-3", None) == "answered by c1"
+    assert tried == [("b1", 1), ("c1", 1)]
