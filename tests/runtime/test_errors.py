@@ -16,6 +16,7 @@ from runtime import (
     InvocationNotFound,
     InvocationTimeout,
     LimitExceeded,
+    PoolStopping,
     StoicError,
     Unavailable,
 )
@@ -29,6 +30,7 @@ EXPECTED = {
     InvalidInput: grpc.StatusCode.INVALID_ARGUMENT,
     InvocationTimeout: grpc.StatusCode.DEADLINE_EXCEEDED,
     Unavailable: grpc.StatusCode.UNAVAILABLE,
+    PoolStopping: grpc.StatusCode.UNAVAILABLE,  # a node re-routes it; named in the trailer
     LimitExceeded: grpc.StatusCode.RESOURCE_EXHAUSTED,
     InstanceCrashed: grpc.StatusCode.ABORTED,
     InternalError: grpc.StatusCode.INTERNAL,
