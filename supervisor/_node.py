@@ -478,17 +478,13 @@ class Node:
                             raise
                         except PoolStopping as exc:
                             # The pool stopped while the request waited for an instance;
-                            # it did not run. Same attempt: on the pool that replaced it
-                            # (a redeploy), else (placed elsewhere, or this node is
-                            # stopping) on a peer.
-                            last = exc
-                            unreachable_budget -= 1
-                            if unreachable_budget <= 0:
-                                raise
+                            # it did not run. Re-routed below, same attempt: to the pool
+                            # that replaced it (a redeploy), else (placed elsewhere, or
+                            # this node is stopping) to a peer.
                             if self.pools.get(spec.name) is local:
                                 span.add_event("local pool stopping; routing to a peer")
-                                excluded.add(self.config.node_id)
-                            continue
+                                setattr(exc, "node_id", self.config.node_id)  # noqa: B010
+                            raise
                         except Unavailable:
                             if local is not None and local.state == "failing":
                                 self.tracing.record_supervisor_event(

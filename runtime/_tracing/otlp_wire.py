@@ -114,8 +114,6 @@ def _key_value(key: str, value: Any) -> bytes:
     return _string(b"\x0a", key) + _field(b"\x12", _any_value(value))
 
 
-
-
 def span_item(span: SpanLike, resource: int) -> tuple[Any, ...]:
     """`span` as a flat 16-tuple of plain values (what a node queues and marshals to its
     exporter child; `Encoder.items` encodes it). `resource`: the number its resource is
