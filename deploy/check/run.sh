@@ -19,6 +19,7 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(cd "$HERE/../.." && pwd)"
 PROJECT=stoiccheck
 WORK="$(mktemp -d)"
+trap 'rm -rf "$WORK"' EXIT  # replaced by the compose clean-up once it is up
 say() { printf '== %s\n' "$*"; }
 fail() { printf 'FAIL: %s\n' "$*" >&2; exit 1; }
 build() {  # docker build -q ARGS..., its output shown only when it fails
