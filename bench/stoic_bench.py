@@ -191,6 +191,19 @@ def bench_restart(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def _log_tail(c: Any, lines: int) -> str:
+    """The last `lines` lines of each node's log (for a failure's message)."""
+    out = []
+    for n in c.nodes:
+        try:
+            with open(n.log_path, "rb") as f:
+                tail = f.read().decode(errors="replace").splitlines()[-lines:]
+        except OSError as exc:
+            tail = [f"(log unreadable: {exc})"]
+        out.append(f"--- {n.log_path}\n" + "\n".join(tail))
+    return "\n".join(out)
+
+
 def _restart_samples(kills: int, standby: str) -> list[float]:
     from runtime import Client, StoicError
 
@@ -216,7 +229,8 @@ def _restart_samples(kills: int, standby: str) -> list[float]:
                               for n in client.status(timeout=5).nodes for p in n.pools]
                     raise RuntimeError(
                         f"no answer from a replacement 30 s after killing {victim}; "
-                        f"last errors: {errors[-3:]}; pools: {status}")
+                        f"last errors: {errors[-3:]}; pools: {status}; "
+                        f"the node's log ends:\n{_log_tail(c, 40)}")
                 try:
                     who = client.invoke("whoami", timeout=5).value
                 except StoicError as exc:
