@@ -8,17 +8,24 @@ from typing import Any
 
 import pytest
 
-from runtime import Tracing, wire
+from runtime import MemoryStore, PoolStopping, Tracing, wire
 from supervisor._async import QUEUE
+from supervisor._node import Node, NodeConfig, TracedStore
+
+ECHO = wire.FunctionSpec(name="echo", app="examples/hello.py", handler="echo")
+
+
+def _node_with_echo() -> Node:
+    """A node (not serving) that knows `echo`; tests put stand-in pools and peers in."""
+    node = Node(NodeConfig(node_id="a1", zone="a"), MemoryStore(), spawner_factory=None)
+    node.functions["echo"] = ECHO
+    return node
 
 
 @pytest.mark.anyio
 async def test_store_operations_are_spans_only_inside_a_trace() -> None:
     """A store call inside an invocation's trace is its child span; one outside any trace
     (the consumer's idle lease poll, ten a second) makes no trace of its own."""
-    from runtime import MemoryStore
-    from supervisor._node import TracedStore
-
     tracing = Tracing.from_env(environ={})
     store = TracedStore(MemoryStore(), tracing)
     for _ in range(5):
@@ -37,12 +44,8 @@ async def test_a_request_turned_away_by_a_stopping_local_pool_goes_to_a_peer() -
     instance: the request did not run, so the same attempt goes to a peer instead of
     failing with Unavailable (the pool and the peer are stand-ins here; the routing
     decision is the node's own code)."""
-    from runtime import MemoryStore, PoolStopping
-    from supervisor._node import Node, NodeConfig
-
-    node = Node(NodeConfig(node_id="a1", zone="a"), MemoryStore(), spawner_factory=None)
-    spec = wire.FunctionSpec(name="echo", app="examples/hello.py", handler="echo")
-    node.functions["echo"] = spec
+    node = _node_with_echo()
+    spec = ECHO
 
     class StoppingPool:
         usable, state = True, "healthy"
@@ -70,12 +73,8 @@ async def test_a_request_turned_away_by_a_stopping_local_pool_goes_to_a_peer() -
 async def test_a_request_turned_away_by_a_redeployed_pool_runs_on_its_replacement() -> None:
     """A redeploy replaced the local pool while a request waited on the old one: the same
     attempt runs on the new pool, not on a peer."""
-    from runtime import MemoryStore, PoolStopping
-    from supervisor._node import Node, NodeConfig
-
-    node = Node(NodeConfig(node_id="a1", zone="a"), MemoryStore(), spawner_factory=None)
-    spec = wire.FunctionSpec(name="echo", app="examples/hello.py", handler="echo")
-    node.functions["echo"] = spec
+    node = _node_with_echo()
+    spec = ECHO
     ran: list[int] = []
 
     class NewPool:
@@ -107,16 +106,13 @@ async def test_a_request_turned_away_by_a_redeployed_pool_runs_on_its_replacemen
 async def test_a_peer_whose_pool_is_stopping_hands_the_request_to_the_next_peer() -> None:
     """A forwarded request that a peer's stopping pool turned away (PoolStopping crosses
     the wire by name) goes to the next peer, same attempt, instead of failing."""
-    from runtime import MemoryStore, PoolStopping
     from runtime._errors import error_from_status, status_for
-    from supervisor._node import Node, NodeConfig
 
     code, details, name = status_for(PoolStopping("b1/echo: pool is stopping"))
     assert type(error_from_status(code, details, name)) is PoolStopping
 
-    node = Node(NodeConfig(node_id="a1", zone="a"), MemoryStore(), spawner_factory=None)
-    spec = wire.FunctionSpec(name="echo", app="examples/hello.py", handler="echo")
-    node.functions["echo"] = spec
+    node = _node_with_echo()
+    spec = ECHO
     peers = [SimpleNamespace(node_id=n, zone=n[0], load=0, functions=("echo",))
              for n in ("b1", "c1")]
     tried: list[tuple[str, int]] = []
