@@ -14,6 +14,7 @@ import pytest
 
 from runtime import Client, StoicError
 from supervisor._launcher import Cluster
+from supervisor._membership import MembershipConfig
 from tests.fixtures.cluster import ROOT, descendants, running_cluster, wait_gone
 from tests.fixtures.ports import poll
 
@@ -125,6 +126,13 @@ def test_paused_node_is_fenced_and_rejoins(tmp_path: Path) -> None:
                 poll(lambda: not any(n.healthy for n in c.status().nodes
                                      if n.node_id == victim.node_id),
                      what="paused node out of routing")
+                # Out of routing can come before its lease lapses (a peer's status call
+                # to it times out sooner): hold the pause until the lease is well past
+                # its ttl, so that the victim itself must find it lapsed on waking.
+                ttl = MembershipConfig().ttl
+                poll(lambda: all(n.lease_age > 2 * ttl for n in c.status().nodes
+                                 if n.node_id == victim.node_id),
+                     what="paused node's lease lapsed")
                 for i in range(20):  # traffic keeps flowing without it
                     assert c.invoke("echo", i).value == i
             finally:
