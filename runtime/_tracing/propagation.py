@@ -13,6 +13,8 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from runtime._tracing.lean import LeanSpan
+
 __all__ = ["Carrier", "ParentLike", "extract", "inject", "parse_traceparent", "remote_parent",
            "to_context"]
 
@@ -55,6 +57,11 @@ def inject(
     `ExecuteRequest.trace_context`. Returns `{}` when there is no valid span (tracing
     disabled, or no span active), never raises.
     """
+    if type(source) is LeanSpan:  # a node's own span (recording, so sampled)
+        out = {"traceparent": f"00-{source.trace_id:032x}-{source.span_id:016x}-01"}
+        if source.trace_state:
+            out["tracestate"] = source.trace_state.to_header()
+        return out
     if source is None or isinstance(source, trace.Span | trace.SpanContext):
         # the common case, on every invocation's path: format the header directly
         if source is None:

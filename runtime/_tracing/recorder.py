@@ -1,20 +1,27 @@
 """A bounded, local record of finished spans, and a tree view of them for `stoic trace ID`.
 
 Every node keeps its own last N spans so that a trace can be looked at without Jaeger.
-Records are small frozen dataclasses of plain values (`to_dict`/`from_dict` give JSON-safe
-dicts) so that a Control API call can ship them between nodes; `render_tree` accepts the
-union of records gathered from several nodes.
+It keeps them as span items (`otlp_wire.span_item`'s flat tuples, the same tuple the
+exporter pipe carries), so a span that ends costs one tuple whether it is recorded, exported
+or both. Look-ups turn items into `SpanRecord`s: small frozen dataclasses of plain values
+(`to_dict`/`from_dict` give JSON-safe dicts) that a Control API call can ship between
+nodes; `render_tree` accepts the union of records gathered from several nodes.
 """
 
 from __future__ import annotations
 
 import collections
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from opentelemetry import context as otel_context
+from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
+from opentelemetry.trace import SpanKind, StatusCode
+
+from runtime._tracing.otlp_wire import span_item
 
 __all__ = [
     "ATTR_ATTEMPT",
@@ -24,6 +31,7 @@ __all__ = [
     "ATTR_ROLE",
     "EventRecord",
     "LocalRecorder",
+    "ResourceTable",
     "SpanRecord",
     "render_tree",
 ]
@@ -36,6 +44,35 @@ ATTR_ROLE = "stoic.role"
 ATTR_REASON = "stoic.reason"
 
 AttributeValue = str | bool | int | float | tuple[str | bool | int | float, ...]
+
+_KIND_NAMES = {kind.value: kind.name for kind in SpanKind}
+_STATUS_NAMES = {code.value: code.name for code in StatusCode}
+
+
+class ResourceTable:
+    """Resources by number: a span item names its resource by a small int (so that the
+    item stays plain values for `marshal`). Numbers are never reused; safe from any
+    thread. One per `Tracing`, shared by its recorder and its span shipper."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._numbers: dict[int, int] = {}  # id(resource) -> number (the list holds it)
+        self.resources: list[Resource] = []
+
+    def number(self, resource: Resource) -> int:
+        known = self._numbers.get(id(resource))
+        if known is not None:
+            return known
+        with self._lock:
+            known = self._numbers.get(id(resource))
+            if known is None:
+                known = len(self.resources)
+                self.resources.append(resource)  # before the number is published
+                self._numbers[id(resource)] = known
+            return known
+
+    def __len__(self) -> int:
+        return len(self.resources)
 
 
 def _plain(attrs: Mapping[str, Any] | None) -> dict[str, AttributeValue]:
@@ -82,31 +119,28 @@ class SpanRecord:
         return (self.end - self.start) * 1000.0
 
     @classmethod
-    def from_span(cls, span: ReadableSpan) -> SpanRecord:
-        ctx = span.context
-        parent = span.parent
-        res = span.resource.attributes
+    def from_item(cls, item: Sequence[Any], resources: ResourceTable) -> SpanRecord:
+        """A record from a span item (`otlp_wire.span_item`'s tuple); its resource number
+        is looked up in `resources`."""
+        (name, trace_id, span_id, _state, parent_id, _remote, kind, start, end, attributes,
+         events, links, status, description, resource, _scope) = item
+        res = resources.resources[resource].attributes
         return cls(
-            name=span.name,
-            trace_id=format(ctx.trace_id, "032x") if ctx else "",
-            span_id=format(ctx.span_id, "016x") if ctx else "",
-            parent_id=format(parent.span_id, "016x") if parent else None,
-            start=(span.start_time or 0) / 1e9,
-            end=(span.end_time or span.start_time or 0) / 1e9,
-            attributes=_plain(span.attributes),
-            events=tuple(
-                EventRecord(e.name, e.timestamp / 1e9, _plain(e.attributes)) for e in span.events
-            ),
-            status=span.status.status_code.name,
-            status_description=span.status.description or "",
-            kind=span.kind.name,
+            name=name,
+            trace_id=format(trace_id, "032x"),
+            span_id=format(span_id, "016x"),
+            parent_id=format(parent_id, "016x") if parent_id else None,
+            start=start / 1e9,
+            end=(end or start) / 1e9,
+            attributes=_plain(attributes),
+            events=tuple(EventRecord(n, t / 1e9, _plain(a)) for n, t, a in events or ()),
+            status=_STATUS_NAMES.get(status, "UNSET"),
+            status_description=description,
+            kind=_KIND_NAMES.get(kind, "INTERNAL"),
             node=str(res.get("service.instance.id", "")),
             zone=str(res.get("cloud.availability_zone", "")),
             service=str(res.get("service.name", "")),
-            links=tuple(
-                (format(link.context.trace_id, "032x"), format(link.context.span_id, "016x"))
-                for link in span.links
-            ),
+            links=tuple((format(t, "032x"), format(sid, "016x")) for t, sid, _r, _a in links or ()),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -159,26 +193,29 @@ class SpanRecord:
 
 
 class LocalRecorder(SpanProcessor):
-    """A SpanProcessor keeping the last `capacity` finished spans.
+    """The last `capacity` finished spans, as span items.
 
-    Memory is bounded: when full, the oldest span drops out. `on_end` is one append to a
+    Memory is bounded: when full, the oldest span drops out. `add` is one append to a
     bounded deque (atomic in CPython, so safe from any thread, and about the cheapest
-    thing that can run on every span); the look-ups (`stoic trace`, rare) scan the
-    deque and convert to `SpanRecord`s then.
+    thing that can run on every span); `on_end` (an SDK span) reads the span into an item
+    first. The look-ups (`stoic trace`, rare) scan the deque and make `SpanRecord`s then.
     """
 
-    def __init__(self, capacity: int = 10_000) -> None:
+    def __init__(self, capacity: int = 10_000, resources: ResourceTable | None = None) -> None:
         if capacity < 1:
             raise ValueError(f"LocalRecorder capacity must be >= 1, got {capacity!r}")
         self._capacity = capacity
-        self._spans: collections.deque[ReadableSpan] = collections.deque(maxlen=capacity)
+        self.resources = resources if resources is not None else ResourceTable()
+        self._items: collections.deque[tuple[Any, ...]] = collections.deque(maxlen=capacity)
+        #: Record one span item (its resource numbered in `resources`).
+        self.add = self._items.append
 
     @property
     def capacity(self) -> int:
         return self._capacity
 
     def __len__(self) -> int:
-        return len(self._spans)
+        return len(self._items)
 
     # --- SpanProcessor ---
 
@@ -187,7 +224,7 @@ class LocalRecorder(SpanProcessor):
 
     def on_end(self, span: ReadableSpan) -> None:
         if span.context is not None:
-            self._spans.append(span)
+            self._items.append(span_item(span, self.resources.number(span.resource)))
 
     def shutdown(self) -> None:
         pass
@@ -197,33 +234,35 @@ class LocalRecorder(SpanProcessor):
 
     # --- queries ---
 
-    def _snapshot(self) -> list[ReadableSpan]:
+    def _snapshot(self) -> list[tuple[Any, ...]]:
         for _ in range(100):  # a writer appending meanwhile makes list() raise; retry
             try:
-                return list(self._spans)
+                return list(self._items)
             except RuntimeError:
                 continue
         return []
 
+    def _records(self, items: Iterable[tuple[Any, ...]]) -> list[SpanRecord]:
+        return sorted((SpanRecord.from_item(item, self.resources) for item in items),
+                      key=lambda r: r.start)
+
     def spans_for_trace(self, trace_id: str | int) -> list[SpanRecord]:
         """All recorded spans of one trace (hex string or int id), ordered by start time."""
         tid = int(trace_id, 16) if isinstance(trace_id, str) else trace_id
-        spans = [s for s in self._snapshot() if s.context is not None and s.context.trace_id == tid]
-        return sorted((SpanRecord.from_span(s) for s in spans), key=lambda r: r.start)
+        return self._records(item for item in self._snapshot() if item[1] == tid)
 
     def spans_for_invocation(self, invocation_id: str) -> list[SpanRecord]:
         """Every recorded span of every trace in which some span carries
         `stoic.invocation_id == invocation_id` (so child spans without the attribute —
         handler, store calls — and linked supervisor spans tagged with it are included).
         Ordered by start time; `[]` if nothing is known here."""
-        spans = self._snapshot()
-        traces = {s.context.trace_id for s in spans if s.context is not None and s.attributes
-                  and s.attributes.get(ATTR_INVOCATION_ID) == invocation_id}
-        found = [s for s in spans if s.context is not None and s.context.trace_id in traces]
-        return sorted((SpanRecord.from_span(s) for s in found), key=lambda r: r.start)
+        items = self._snapshot()
+        traces = {item[1] for item in items
+                  if item[9] and item[9].get(ATTR_INVOCATION_ID) == invocation_id}
+        return self._records(item for item in items if item[1] in traces)
 
     def clear(self) -> None:
-        self._spans.clear()
+        self._items.clear()
 
 
 def _label(record: SpanRecord) -> str:

@@ -44,6 +44,7 @@ from opentelemetry import context as otel_context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 
 from runtime._tracing.otlp_wire import plain_item, span_item
+from runtime._tracing.recorder import ResourceTable
 
 __all__ = ["SpanShipper"]
 
@@ -70,14 +71,17 @@ class SpanShipper(SpanProcessor):
         schedule_delay_millis: int | None = None,
         max_export_batch_size: int | None = None,
         python: str = sys.executable,
+        resources: ResourceTable | None = None,
     ) -> None:
+        """`resources`: the table that numbers the resources of the items given to `put`
+        (a `Tracing` shares its own); resources are declared to the child before the
+        first batch that can name them."""
         self._max_queue = max_queue_size or 8192
         self._delay = (schedule_delay_millis or 200) / 1000.0
         self._max_batch = max_export_batch_size or 512
         self._queue: collections.deque[tuple[Any, ...]] = collections.deque()
-        self._resources: dict[int, tuple[Any, int]] = {}  # id(resource) -> (it, number)
-        self._declarations: collections.deque[tuple[int, dict[str, Any]]] = (
-            collections.deque())  # resources not yet sent
+        self.resources = resources if resources is not None else ResourceTable()
+        self._declared = 0  # resources[:_declared] were sent to the child
         self.dropped = 0
         self._wake = threading.Event()
         self._waking = False  # _wake was set and the thread has not woken yet
@@ -104,25 +108,19 @@ class SpanShipper(SpanProcessor):
         pass
 
     def on_end(self, span: ReadableSpan) -> None:
-        # Runs where the span ends (the node's event loop): only reads the fields into a
-        # tuple; the encoding happens in the child.
-        if self._closed:
-            return
+        if span.context is not None and not self._closed:
+            self.put(span_item(span, self.resources.number(span.resource)))
+
+    def put(self, item: tuple[Any, ...]) -> None:
+        """Queue one span item (`otlp_wire.span_item`'s tuple, its resource numbered in
+        `resources`). Runs where the span ends (the node's event loop): an append; the
+        encoding happens in the child."""
         queue = self._queue
         if len(queue) >= self._max_queue:
             self.dropped += 1
             return
-        ctx = span.context
-        if ctx is None:
-            return
-        resource = span.resource
-        known = self._resources.get(id(resource))
-        if known is None:  # entries are never removed and hold their resource, so ids
-            known = (resource, len(self._resources))  # and numbers stay unique
-            self._resources[id(resource)] = known
-            self._declarations.append((known[1], dict(resource.attributes)))
-        queue.append(span_item(span, known[1]))
-        if len(queue) >= self._max_batch and not self._waking:
+        queue.append(item)
+        if len(queue) >= self._max_batch and not self._waking and not self._closed:
             self._waking = True  # once per batch: Event.set takes a lock and notifies
             self._wake.set()
 
@@ -147,12 +145,13 @@ class SpanShipper(SpanProcessor):
             queue = self._queue
             while queue and len(batch) < self._max_batch:
                 batch.append(queue.popleft())
-            # after the spans: a span's resource was declared before it was queued
-            declared: list[tuple[Any, ...]] = []
-            while self._declarations:  # popleft is atomic: nothing appended meanwhile is lost
-                declared.append(self._declarations.popleft())
-            if declared:
-                batch[:0] = declared
+            # after the spans: a span's resource was numbered before it was queued
+            resources = self.resources.resources
+            known = len(resources)
+            if known > self._declared:
+                batch[:0] = [(number, dict(resources[number].attributes))
+                             for number in range(self._declared, known)]
+                self._declared = known
             try:
                 body = marshal.dumps(batch)
             except ValueError:  # an attribute value of a type marshal refuses

@@ -16,7 +16,7 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from types import TracebackType
-from typing import Protocol, cast
+from typing import Any, Protocol, cast
 
 from opentelemetry import context as context_api
 from opentelemetry import trace
@@ -37,7 +37,12 @@ from runtime._tracing.config import (
 )
 from runtime._tracing.lean import LeanSpan
 from runtime._tracing.propagation import ParentLike, remote_parent, to_context
-from runtime._tracing.recorder import ATTR_INVOCATION_ID, LocalRecorder, SpanRecord
+from runtime._tracing.recorder import (
+    ATTR_INVOCATION_ID,
+    LocalRecorder,
+    ResourceTable,
+    SpanRecord,
+)
 
 __all__ = ["SUPERVISOR_EVENTS", "Tracing", "bounded_call"]
 
@@ -100,6 +105,11 @@ def _parentbased_bound(sampler: sampling.Sampler) -> int | None:
 
 
 _SAMPLED = trace.TraceFlags(trace.TraceFlags.SAMPLED)
+# span item values (`otlp_wire.span_item`): the API's enum values
+_INTERNAL = SpanKind.INTERNAL.value
+_SERVER = SpanKind.SERVER.value
+_UNSET_CODE = StatusCode.UNSET.value
+_ERROR_CODE = StatusCode.ERROR.value
 _NOT_SAMPLED = trace.TraceFlags(trace.TraceFlags.DEFAULT)
 
 
@@ -150,8 +160,9 @@ class Tracing:
 
     Blocking methods (`force_flush`, `shutdown`) must be called off the event loop
     (`anyio.to_thread.run_sync`) when used from async code. Everything else is cheap and
-    non-blocking: finished spans are appended to the recorder, and, when exporting, to the
-    BatchSpanProcessor's queue, which a background thread ships in batches.
+    non-blocking: a finished span becomes one span item (a flat tuple), appended to the
+    recorder and, when exporting, to the span shipper's queue, which a background thread
+    ships in batches (or, with an SDK exporter, an SDK span goes to a BatchSpanProcessor).
     """
 
     def __init__(
@@ -166,7 +177,9 @@ class Tracing:
         export_processor: SpanProcessor | None = None,
     ) -> None:
         """Build from parts (tests, embedding). `exporter` None → no export, no thread.
-        `export_processor`: a ready-made export pipeline instead (e.g. a SpanShipper).
+        `export_processor`: a ready-made export pipeline instead: a SpanShipper (which
+        takes span items; its resource table becomes this object's), or any SDK
+        SpanProcessor (which then gets SDK spans).
 
         `batch`: BatchSpanProcessor keyword arguments (max_queue_size, schedule_delay_millis,
         max_export_batch_size, export_timeout_millis). A full queue drops spans (bounded
@@ -175,14 +188,25 @@ class Tracing:
         Raises ValueError for recorder_capacity < 1.
         """
         self._resource = resource
-        self._scope = InstrumentationScope(_SCOPE)
-        self._worker_resource: Resource | None = None
+        self.scope = InstrumentationScope(_SCOPE)
+        self._worker_resource = resource.merge(Resource({"stoic.role": "worker"}))
         self._export_processor: SpanProcessor | None = export_processor
-        self._recorder = LocalRecorder(recorder_capacity)
+        table = getattr(export_processor, "resources", None)
+        if not isinstance(table, ResourceTable):
+            table = ResourceTable()
+        self._recorder = LocalRecorder(recorder_capacity, table)
+        #: span items' resource numbers: this process's spans, the worker's spans
+        self.resource_number = table.number(resource)
+        self._worker_number = table.number(self._worker_resource)
+        self._record = self._recorder.add
+        self._ship: Callable[[tuple[Any, ...]], None] | None = getattr(
+            export_processor, "put", None)
         self._disabled = disabled
-        # Stoic's own spans are LeanSpans unless an SDK exporter was handed in (clients
-        # and tests that build their own pipeline), which then gets SDK spans.
-        self._lean = exporter is None and not disabled
+        # Stoic's own spans are LeanSpans, which become span items, unless an SDK
+        # exporter or span processor was handed in (clients, and tests that build their
+        # own pipeline): that then gets SDK spans.
+        self._lean = (exporter is None and not disabled
+                      and (export_processor is None or self._ship is not None))
         self._sampler = sampler or sampling.ParentBased(sampling.ALWAYS_ON)
         self._bound = _parentbased_bound(self._sampler)
         self._exporting = (exporter is not None or export_processor is not None) and not disabled
@@ -199,6 +223,8 @@ class Tracing:
             resource=resource,
             shutdown_on_exit=False,
         )
+        # SDK spans (the `tracer`'s, and all of them when not lean) reach the recorder and
+        # the exporter as span processors.
         provider.add_span_processor(self._recorder)
         if exporter is not None:
             opts = dict(batch or {})
@@ -250,7 +276,7 @@ class Tracing:
             shipper = SpanShipper(
                 environ=env, max_queue_size=opts.get("max_queue_size"),
                 schedule_delay_millis=opts.get("schedule_delay_millis"),
-                max_export_batch_size=opts.get("max_export_batch_size"))
+                max_export_batch_size=opts.get("max_export_batch_size"), resources=ResourceTable())
             return cls(resource, sampler=sampler, recorder_capacity=recorder_capacity,
                        export_processor=shipper)
         if endpoint is not None:
@@ -329,7 +355,11 @@ class Tracing:
                 links=links, record_exception=False, set_status_on_exception=False)
         ctx: Context | None = None
         if type(parent_like) is LeanSpan:  # the node's own spans: the cheapest check first
-            parent = parent_like.context
+            if self._bound is not None:  # parentbased_*: a LeanSpan is sampled, so is its child
+                return LeanSpan(self, name, parent_like.trace_id, _new_span_id(),
+                                parent_like.span_id, False, kind, attributes, links,
+                                parent_like.trace_state)
+            parent = parent_like.get_span_context()
         elif type(parent_like) is dict:  # gRPC metadata: parse the header, no Context
             parent = (remote_parent(cast("dict[str, str]", parent_like))
                       or trace.INVALID_SPAN_CONTEXT)
@@ -340,32 +370,34 @@ class Tracing:
         else:
             ctx = to_context(parent_like)
             parent = trace.get_current_span(ctx).get_span_context()
-        if parent.is_valid:
-            trace_id = parent.trace_id
-        else:
-            trace_id = random.getrandbits(128) or 1
+        valid = parent.is_valid
+        trace_id = parent.trace_id if valid else (random.getrandbits(128) or 1)
         bound = self._bound
         if bound is not None:  # parentbased_*: follow the parent, else the root's ratio
-            sampled = (parent.trace_flags.sampled if parent.is_valid
+            sampled = (parent.trace_flags.sampled if valid
                        else (trace_id & _TRACE_ID_LIMIT) < bound)
         else:
             sampled = self._sampler.should_sample(
                 ctx, trace_id, name, kind, attributes, links).decision.is_sampled()
-        span_ctx = trace.SpanContext(
-            trace_id, random.getrandbits(64) or 1, False,
-            _SAMPLED if sampled else _NOT_SAMPLED,
-            parent.trace_state if parent.is_valid else None)
         if not sampled:
-            return trace.NonRecordingSpan(span_ctx)
-        return LeanSpan(name, span_ctx, parent if parent.is_valid else None, kind,
-                        attributes, links, self._resource, self._scope, self._sink)
+            return trace.NonRecordingSpan(trace.SpanContext(
+                trace_id, _new_span_id(), False, _NOT_SAMPLED,
+                parent.trace_state if valid else None))
+        if valid:
+            return LeanSpan(self, name, trace_id, _new_span_id(), parent.span_id,
+                            parent.is_remote, kind, attributes, links, parent.trace_state)
+        return LeanSpan(self, name, trace_id, _new_span_id(), 0, False, kind, attributes,
+                        links)
 
-    def _sink(self, span: LeanSpan) -> None:
+    # --- SpanOwner (LeanSpan) ---
+
+    def emit(self, item: tuple[Any, ...]) -> None:
+        """Record (and, when exporting, ship) one finished span item."""
         if self._shut:
             return
-        self._recorder.on_end(span)  # type: ignore[arg-type]  # ReadableSpan's fields
-        if self._export_processor is not None:
-            self._export_processor.on_end(span)  # type: ignore[arg-type]
+        self._record(item)
+        if self._ship is not None:
+            self._ship(item)
 
     def record_supervisor_event(
         self,
@@ -406,6 +438,20 @@ class Tracing:
             own.add_event(kind, attrs)
             return own.get_span_context()
 
+    def _sampled_parent(self, parent: trace.Span) -> tuple[int, int, str] | None:
+        """(trace id, span id, tracestate header) of `parent` if it is sampled and spans
+        are recorded here; else None."""
+        if self._disabled or self._shut:
+            return None
+        if type(parent) is LeanSpan:  # recording, so sampled
+            state = parent.trace_state
+            return parent.trace_id, parent.span_id, state.to_header() if state else ""
+        pctx = parent.get_span_context()
+        if not pctx.is_valid or not pctx.trace_flags.sampled:
+            return None
+        return (pctx.trace_id, pctx.span_id,
+                pctx.trace_state.to_header() if pctx.trace_state else "")
+
     def record_span(
         self,
         name: str,
@@ -416,22 +462,19 @@ class Tracing:
     ) -> None:
         """Record a finished span, child of `parent`, that ran from `start_time` to
         `end_time` (unix ns): for a step timed by the caller (the routing decision), at the
-        cost of one object and no context switch. Nothing if `parent` is not sampled."""
-        if self._disabled or self._shut:
-            return
-        pctx = parent.get_span_context()
-        if not pctx.is_valid or not pctx.trace_flags.sampled:
+        cost of one tuple and no context switch. Nothing if `parent` is not sampled."""
+        ids = self._sampled_parent(parent)
+        if ids is None:
             return
         if not self._lean:
             sdk_span = self._tracer.start_span(name, context=to_context(parent),
                                                attributes=attributes, start_time=start_time)
             sdk_span.end(end_time=end_time)
             return
-        span = LeanSpan(name, trace.SpanContext(pctx.trace_id, _new_span_id(), False,
-                                                pctx.trace_flags),
-                        pctx, SpanKind.INTERNAL, attributes, (), self._resource, self._scope,
-                        self._sink, start_time)
-        span.end(end_time)
+        trace_id, parent_id, state = ids
+        self.emit((name, trace_id, _new_span_id(), state, parent_id, False, _INTERNAL,
+                   start_time, end_time, dict(attributes), None, None, _UNSET_CODE, "",
+                   self.resource_number, _SCOPE))
 
     def record_worker_spans(
         self,
@@ -447,42 +490,38 @@ class Tracing:
         says `stoic.role=worker`. The worker measured the times and, when exporting, chose
         the ids (its handler's own spans are children of that handler span), so the worker
         pays no span machinery per call. `error`: the handler's exception type, if any."""
-        if self._disabled or self._shut:
+        ids = self._sampled_parent(parent)
+        if ids is None:
+            return
+        trace_id, parent_id, state = ids
+        attrs = {**attributes, "process.pid": timing.pid}
+        execute_id = timing.execute_span_id or _new_span_id()
+        handler_id = timing.handler_span_id or _new_span_id()
+        if self._lean:
+            number = self._worker_number
+            emit = self.emit
+            emit(("stoic.worker.execute", trace_id, execute_id, state, parent_id, False,
+                  _SERVER, timing.execute_start, timing.execute_end, attrs, None, None,
+                  _UNSET_CODE, "", number, _SCOPE))
+            emit(("stoic.handler", trace_id, handler_id, state, execute_id, False, _INTERNAL,
+                  timing.handler_start, timing.handler_end, attrs, None, None,
+                  _ERROR_CODE if error else _UNSET_CODE, error or "", number, _SCOPE))
             return
         pctx = parent.get_span_context()
-        if not pctx.is_valid or not pctx.trace_flags.sampled:
-            return
-        if self._worker_resource is None:
-            self._worker_resource = self._resource.merge(Resource({"stoic.role": "worker"}))
-        attrs = {**attributes, "process.pid": timing.pid}
         flags = pctx.trace_flags
-        execute_ctx = trace.SpanContext(
-            pctx.trace_id, timing.execute_span_id or _new_span_id(), False, flags)
-        handler_ctx = trace.SpanContext(
-            pctx.trace_id, timing.handler_span_id or _new_span_id(), False, flags)
-        if self._lean:
-            execute_span = LeanSpan("stoic.worker.execute", execute_ctx, pctx, SpanKind.SERVER,
-                                    attrs, (), self._worker_resource, self._scope, self._sink,
-                                    timing.execute_start)
-            handler_span = LeanSpan("stoic.handler", handler_ctx, execute_ctx,
-                                    SpanKind.INTERNAL, attrs, (), self._worker_resource,
-                                    self._scope, self._sink, timing.handler_start)
-            if error:
-                handler_span.status = Status(StatusCode.ERROR, error)
-            execute_span.end(timing.execute_end)
-            handler_span.end(timing.handler_end)
-            return
+        execute_ctx = trace.SpanContext(trace_id, execute_id, False, flags, pctx.trace_state)
+        handler_ctx = trace.SpanContext(trace_id, handler_id, False, flags, pctx.trace_state)
         execute = ReadableSpan(
             name="stoic.worker.execute", context=execute_ctx, parent=pctx,
             resource=self._worker_resource, attributes=attrs, kind=SpanKind.SERVER,
             start_time=timing.execute_start, end_time=timing.execute_end,
-            instrumentation_scope=self._scope)
+            instrumentation_scope=self.scope)
         handler = ReadableSpan(
             name="stoic.handler", context=handler_ctx, parent=execute_ctx,
             resource=self._worker_resource, attributes=attrs,
             status=Status(StatusCode.ERROR, error) if error else Status(StatusCode.UNSET),
             start_time=timing.handler_start, end_time=timing.handler_end,
-            instrumentation_scope=self._scope)
+            instrumentation_scope=self.scope)
         self._recorder.on_end(execute)
         self._recorder.on_end(handler)
         if self._export_processor is not None:

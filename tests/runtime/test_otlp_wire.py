@@ -25,6 +25,26 @@ SCOPE = InstrumentationScope("stoic")
 TRACE = 0x0AF7651916CD43DD8448EB211C80319C
 
 
+class _Owner:
+    """A LeanSpan's owner that keeps the items it is handed."""
+
+    resource = NODE
+    resource_number = 0
+    scope = SCOPE
+
+    def __init__(self) -> None:
+        self.items: list[tuple[object, ...]] = []
+
+    def emit(self, item: tuple[object, ...]) -> None:
+        self.items.append(item)
+
+
+def _lean(owner: _Owner, name: str, span_id: int, parent_id: int, attributes: dict[str, object],
+          ) -> LeanSpan:
+    return LeanSpan(owner, name, TRACE, span_id, parent_id, False, SpanKind.INTERNAL,
+                    attributes)
+
+
 def _ctx(span_id: int, *, remote: bool = False, state: TraceState | None = None) -> SpanContext:
     return SpanContext(TRACE, span_id, remote, TraceFlags(TraceFlags.SAMPLED), state)
 
@@ -67,17 +87,20 @@ def test_same_message_as_the_sdk_encoder() -> None:
 
 
 def test_lean_spans_and_the_caches_give_the_same_bytes_again() -> None:
-    """A LeanSpan encodes as the equivalent ReadableSpan; a warm encoder (cached names,
+    """A LeanSpan encodes as the equivalent ReadableSpan, and the item it hands its owner
+    when it ends is what `span_item` reads off it; a warm encoder (cached names,
     attributes, resources) gives the same bytes as a cold one."""
-    lean = LeanSpan("stoic.attempt", _ctx(5), _ctx(1), SpanKind.INTERNAL,
-                    {"stoic.attempt": 2, "stoic.function": "echo"}, (), NODE, SCOPE,
-                    lambda span: None)
+    owner = _Owner()
+    lean = _lean(owner, "stoic.attempt", 5, 1, {"stoic.attempt": 2, "stoic.function": "echo"})
     lean.add_event("waiting for membership")
+    lean.add_link(_ctx(7, remote=True), {"l": 1})
     lean.end(lean.start_time + 1000)
+    lean.end()  # once
     readable = ReadableSpan(
         name=lean.name, context=lean.context, parent=lean.parent, resource=NODE,
-        attributes=lean.attributes, events=lean.events, kind=lean.kind,
+        attributes=lean.attributes, events=lean.events, links=lean.links, kind=lean.kind,
         start_time=lean.start_time, end_time=lean.end_time, instrumentation_scope=SCOPE)
+    assert owner.items == [span_item(readable, 0)]
     assert _flat(ExportTraceServiceRequest.FromString(encode_request([lean]))) == \
         _flat(encode_spans([readable]))
     warm = Encoder(cache_size=2)  # tiny: the caches clear and refill along the way
@@ -126,10 +149,9 @@ def test_an_attribute_marshal_refuses_is_sent_as_its_str() -> None:
         def __str__(self) -> str:
             return "odd-value"
 
-    lean = LeanSpan("x", _ctx(9), None, SpanKind.INTERNAL, {"k": Odd(), "n": [1, Odd()]},
-                    (), NODE, SCOPE, lambda span: None)
-    lean.end()
-    item = span_item(lean, 0)
+    owner = _Owner()
+    _lean(owner, "x", 9, 0, {"k": Odd(), "n": [1, Odd()]}).end()
+    [item] = owner.items
     with pytest.raises(ValueError):
         marshal.dumps([item])
     body, count = Encoder().items(marshal.loads(marshal.dumps(
