@@ -138,35 +138,62 @@ def _new_span_id() -> int:
     return random.getrandbits(64) or 1
 
 
-class _LazyTracer:
-    """`ctx.tracer` in an exporting worker: the tracer provider is built on first use."""
+class _CallTracer:
+    """`ctx.tracer` for one attempt in an exporting worker. A span it starts with no
+    explicit parent while no span is current is a child of the attempt's handler span
+    (`stoic.handler`, which the node records), whose id is chosen on that first use and
+    reported back in the result's timing. Nothing is made current around the handler, so
+    an attempt whose handler makes no span of its own costs this object and nothing more.
+    The tracer provider itself is built on first use (`UserSpans.real_tracer`)."""
 
-    def __init__(self, owner: UserSpans) -> None:
-        self._owner = owner
+    __slots__ = ("_spans", "_trace_context", "_parent", "handler_span_id")
+
+    def __init__(self, spans: UserSpans, trace_context: Mapping[str, str]) -> None:
+        self._spans = spans
+        self._trace_context = trace_context
+        self._parent: Any = None  # the handler span's Context, once made
+        self.handler_span_id = 0
+
+    def _context(self, context: Any) -> Any:
+        if context is not None:
+            return context
+        from opentelemetry import trace
+
+        if trace.get_current_span().get_span_context().is_valid:
+            return None  # inside a span of the handler's: that one is the parent
+        if self._parent is None:
+            from runtime._tracing.propagation import remote_parent
+
+            parent = remote_parent(self._trace_context)
+            if parent is None:
+                return None
+            span_id = _new_span_id()
+            self._parent = trace.set_span_in_context(trace.NonRecordingSpan(trace.SpanContext(
+                parent.trace_id, span_id, False, parent.trace_flags, parent.trace_state)))
+            self.handler_span_id = span_id
+        return self._parent
+
+    def start_span(self, name: str, context: Any = None, *args: Any, **kwargs: Any) -> Any:
+        return self._spans.real_tracer().start_span(name, self._context(context), *args,
+                                                    **kwargs)
+
+    def start_as_current_span(self, name: str, context: Any = None, *args: Any,
+                              **kwargs: Any) -> Any:
+        return self._spans.real_tracer().start_as_current_span(
+            name, self._context(context), *args, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self._owner.real_tracer(), name)
+        return getattr(self._spans.real_tracer(), name)
 
 
 class UserSpans:
-    """Tracing inside a worker whose spans are exported: the handler's span context is
-    made current around each attempt, and a tracer provider exists only once a handler
-    asks for `ctx.tracer` and uses it."""
+    """Tracing inside a worker whose spans are exported: a `_CallTracer` per attempt, and a
+    tracer provider only once a handler uses one."""
 
     def __init__(self, config: WorkerConfig) -> None:
-        from opentelemetry import context as context_api
-        from opentelemetry import trace
-
-        from runtime._tracing.propagation import remote_parent
-
         self._config = config
         self._lock = threading.Lock()  # sync handlers run in threads
         self._tracing: Any = None
-        self.tracer = _LazyTracer(self)
-        # looked up once: enter/exit run on every call
-        self._attach, self._detach = context_api.attach, context_api.detach
-        self._in_context, self._span = trace.set_span_in_context, trace.NonRecordingSpan
-        self._span_context, self._remote_parent = trace.SpanContext, remote_parent
 
     def real_tracer(self) -> Any:
         with self._lock:
@@ -176,18 +203,6 @@ class UserSpans:
                 self._tracing = Tracing.from_env(node_id=self._config.node_id,
                                                  zone=self._config.zone, role="worker")
             return self._tracing.tracer
-
-    def enter(self, trace_context: Mapping[str, str], handler_span_id: int) -> object | None:
-        """Make the handler's span (which the node records) current; a token for exit."""
-        parent = self._remote_parent(trace_context)
-        if parent is None:
-            return None
-        handler = self._span(self._span_context(
-            parent.trace_id, handler_span_id, False, parent.trace_flags))
-        return self._attach(self._in_context(handler))
-
-    def exit(self, token: object) -> None:
-        self._detach(token)  # type: ignore[arg-type]
 
     def shutdown(self, timeout: float) -> None:
         with self._lock:
@@ -269,27 +284,22 @@ class Executor:
 
     async def execute(self, request: wire.ExecuteRequest) -> wire.ExecuteResult:
         """Run one attempt. The worker's own spans (`stoic.worker.execute` and
-        `stoic.handler`) are not built here: the result carries their timing and ids and
-        the node records and exports them, so tracing costs this process two random ids
-        per call. When spans are exported, the handler runs under its span's context, so
-        spans the handler makes through `ctx.tracer` are its children."""
+        `stoic.handler`) are not built here: the result carries their timing and the node
+        records and exports them, so tracing costs this process a few clock reads per
+        call. When spans are exported, spans the handler makes through `ctx.tracer` are
+        children of its handler span, whose id the timing then carries."""
         started = time.time_ns()
         handler_times = [started, started]
-        execute_span_id = handler_span_id = 0
-        token = None
-        if self._spans is not None:
-            execute_span_id, handler_span_id = _new_span_id(), _new_span_id()
-            token = self._spans.enter(request.trace_context, handler_span_id)
-        try:
-            result = await self._execute(request, handler_times)
-        finally:
-            if token is not None:
-                self._spans.exit(token)  # type: ignore[union-attr]
+        tracer = (_CallTracer(self._spans, request.trace_context) if self._spans is not None
+                  else None)
+        result = await self._execute(request, handler_times, tracer)
         timing = wire.WorkerTiming(started, handler_times[0], handler_times[1], time.time_ns(),
-                                   self._pid, execute_span_id, handler_span_id)
+                                   self._pid, 0,
+                                   tracer.handler_span_id if tracer is not None else 0)
         return dataclasses.replace(result, timing=timing)
 
-    async def _execute(self, request: wire.ExecuteRequest, times: list[int]) -> wire.ExecuteResult:
+    async def _execute(self, request: wire.ExecuteRequest, times: list[int],
+                       tracer: _CallTracer | None) -> wire.ExecuteResult:
         """Decode the event, build the context and run the handler; `times` gets the
         handler's start and end (unix ns)."""
         if wire.is_json(request.content_type):
@@ -305,9 +315,7 @@ class Executor:
             invocation_id=request.invocation_id, attempt=request.attempt,
             function=cfg.spec.name, node_id=cfg.node_id, zone=cfg.zone,
             instance_id=cfg.instance_id, deadline=request.deadline,
-            trace_context=request.trace_context,
-            tracer=self._spans.tracer if self._spans is not None else None,
-            state=self._state,
+            trace_context=request.trace_context, tracer=tracer, state=self._state,
         )
         times[0] = time.time_ns()
         try:

@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import SpanKind
 
 import runtime
@@ -561,3 +563,48 @@ def test_duration_histogram_aggregates_as_the_sdk_does() -> None:
     assert dict(ours.attributes) == {"function": "f", "zone": "z"}
     metrics.shutdown()
     sdk.shutdown()
+
+
+def test_a_handler_s_spans_hang_under_its_handler_span_made_only_on_first_use() -> None:
+    """`ctx.tracer` in an exporting worker: nothing is made current around the handler, a
+    span started with no parent and none current is a child of the attempt's handler span
+    (whose id is then chosen and reported), nested spans follow the current one, and an
+    explicit parent wins."""
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from runtime._worker._serve import _CallTracer
+
+    exported = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exported))
+
+    class Spans:
+        def real_tracer(self) -> Any:
+            return provider.get_tracer("user")
+
+    header = {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}
+    unused = _CallTracer(Spans(), header)  # type: ignore[arg-type]
+    assert unused.handler_span_id == 0
+    tracer = _CallTracer(Spans(), header)  # type: ignore[arg-type]
+    assert trace.get_current_span() is trace.INVALID_SPAN
+    with tracer.start_as_current_span("step") as step:
+        with tracer.start_as_current_span("inner"):
+            pass
+    other = tracer.start_span("explicit", trace.set_span_in_context(step))
+    other.end()
+    late = tracer.start_span("second")
+    late.end()
+    spans = {s.name: s for s in exported.get_finished_spans()}
+    handler_id = tracer.handler_span_id
+    assert handler_id != 0
+    assert spans["step"].parent.span_id == handler_id  # type: ignore[union-attr]
+    assert spans["step"].context.trace_id == 0x0AF7651916CD43DD8448EB211C80319C
+    assert spans["second"].parent.span_id == handler_id  # type: ignore[union-attr]
+    assert spans["inner"].parent.span_id == step.get_span_context().span_id  # type: ignore[union-attr]
+    assert spans["explicit"].parent.span_id == step.get_span_context().span_id  # type: ignore[union-attr]
+    # no trace context: the handler's spans start their own trace
+    orphan = _CallTracer(Spans(), {})  # type: ignore[arg-type]
+    orphan.start_span("alone").end()
+    assert orphan.handler_span_id == 0
+    assert next(s for s in exported.get_finished_spans() if s.name == "alone").parent is None
