@@ -8,8 +8,9 @@ microseconds of Python even by hand (`otlp_wire.Encoder`); reading a span's fiel
 one flat tuple costs a fraction of that. So a span that ends in the node becomes a tuple
 of plain values in a bounded queue; a thread serializes each batch with `marshal` (one C
 call; the thread holds the GIL only for it) and writes it to the child's stdin, and the
-child encodes OTLP with `otlp_wire.Encoder` and sends it with the SDK's own OTLP exporter
-(its channel, TLS, headers, timeout and retries).
+child encodes OTLP with `otlp_wire.Encoder` and sends the bytes as they are (no message
+object is built) through the SDK's own OTLP exporter (its channel, TLS, headers,
+compression, timeout and retries).
 
 The pipe runs between a node and the child it started; nothing else writes to it, and the
 child reads nothing else (no socket). It carries `marshal` data of plain values (tuples,
@@ -260,23 +261,37 @@ def _frames(stream: IO[bytes]) -> Any:
 
 
 class _Batch(list):  # type: ignore[type-arg]
-    """A parsed request; len() is its span count (the exporter counts spans)."""
+    """An encoded request; len() is its span count (the exporter counts spans)."""
 
     request: Any = None
 
 
 def _child_main() -> int:
     from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
-        ExportTraceServiceRequest,
-    )
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
     from runtime._tracing.config import otlp_endpoint
     from runtime._tracing.otlp_wire import Encoder
     from runtime._worker._limits import die_with_parent
 
+    service = trace_service_pb2.DESCRIPTOR.services_by_name["TraceService"]
+
+    class _BytesStub:
+        # TraceService/Export taking the request as encoded bytes: nothing is parsed
+        # into a message only to be serialized again.
+        def __init__(self, channel: Any) -> None:
+            self.Export = channel.unary_unary(
+                f"/{service.full_name}/Export", request_serializer=None,
+                response_deserializer=trace_service_pb2.ExportTraceServiceResponse.FromString)
+
     class _Exporter(OTLPSpanExporter):
-        # The SDK exporter's channel, headers, TLS, timeout and retries; our encoding.
+        # The SDK exporter's channel, headers, TLS, compression, timeout, retries and
+        # reconnects; our encoding, sent as it is.
+        def __init__(self, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            self._stub = _BytesStub  # type: ignore[assignment]  # what reconnects use
+            self._client = _BytesStub(self._channel)  # type: ignore[assignment]
+
         def _translate_data(self, data: Any) -> Any:  # type: ignore[override]
             return data.request
 
@@ -302,7 +317,7 @@ def _child_main() -> int:
             continue
         if count:
             batch = _Batch([None] * count)
-            batch.request = ExportTraceServiceRequest.FromString(request)
+            batch.request = request
             exporter.export(batch)
     exporter.shutdown()
     return 0

@@ -54,18 +54,20 @@ _SCOPE = "stoic"
 
 def bounded_call(fn: Callable[[], object], timeout: float, name: str) -> bool:
     """Run blocking `fn` in a short-lived daemon thread; True if it finished within
-    `timeout` seconds. On timeout the thread is abandoned (it is a daemon), so the caller
-    never waits longer than `timeout` on an unreachable collector."""
+    `timeout` seconds and did not return False (the SDK's flushes say False when they
+    gave up). On timeout the thread is abandoned (it is a daemon), so the caller never
+    waits longer than `timeout` on an unreachable collector."""
     done = threading.Event()
+    outcome: list[object] = []
 
     def run() -> None:
         try:
-            fn()
+            outcome.append(fn())
         finally:
             done.set()
 
     threading.Thread(target=run, name=name, daemon=True).start()
-    return done.wait(timeout)
+    return done.wait(timeout) and bool(outcome) and outcome[0] is not False
 
 
 class WorkerTimingLike(Protocol):

@@ -496,6 +496,35 @@ def test_public_api_is_exported() -> None:
         assert name in runtime.__all__ and getattr(runtime, name) is getattr(_tracing, name)
 
 
+def test_the_exporter_child_reconnects_to_a_collector_that_came_back() -> None:
+    """The child sends encoded bytes through the SDK exporter's channel: after the
+    collector restarts (UNAVAILABLE, so the exporter rebuilds its channel and stub), spans
+    still arrive, sent the same way."""
+    first = OtlpReceiver().start()
+    port = first.port
+    tracing = Tracing.from_env(environ={"OTEL_EXPORTER_OTLP_ENDPOINT": first.endpoint,
+                                        "OTEL_BSP_SCHEDULE_DELAY": "50"},
+                               node_id="n1", zone="z", role="node")
+    try:
+        with tracing.start_span("before"):
+            pass
+        assert tracing.force_flush(10.0)
+        first.wait_for(lambda spans: any(s.name == "before" for s in spans))
+        first.stop()
+        with tracing.start_span("after"):
+            pass
+        # nobody answers: the child's export fails (UNAVAILABLE) and waits to retry
+        assert not tracing.force_flush(0.5)
+        with OtlpReceiver(port) as second:
+            got = second.wait_for(lambda spans: any(s.name == "after" for s in spans),
+                                  timeout=20)
+            assert next(s for s in got if s.name == "after").resource.get(
+                "service.instance.id") == "n1"
+    finally:
+        first.stop()
+        assert tracing.shutdown(timeout=5.0)
+
+
 def test_a_dead_exporter_process_costs_spans_not_the_node(otlp_receiver: OtlpReceiver) -> None:
     """SIGKILL the shipper's child: spans are still recorded locally, nothing raises, and
     the shipper stops writing to the dead pipe; shutdown is clean."""
