@@ -28,6 +28,12 @@ _PACK_Q = struct.Struct("<Q").pack
 _PACK_d = struct.Struct("<d").pack
 _PACK_I = struct.Struct("<I").pack
 _MASK64 = (1 << 64) - 1
+# Span fields 1 and 2 (and 4): tag and length, then the id's big-endian bytes; the
+# tags are passed in (_T1, _T2, _T4). Fields 7 and 8: tag, fixed64 little-endian.
+_PACK_TRACE_SPAN = struct.Struct(">2sQQ2sQ").pack
+_PACK_IDS = struct.Struct(">2sQQ2sQ2sQ").pack
+_PACK_TIMES = struct.Struct("<cQcQ").pack
+_T1, _T2, _T4, _T7, _T8 = b"\x0a\x10", b"\x12\x08", b"\x22\x08", b"\x39", b"\x41"
 
 # (span kinds: the API's enum starts at INTERNAL=0, OTLP's at UNSPECIFIED=0, INTERNAL=1)
 # Span.flags: bit 8 "parent remote-ness known", bit 9 "parent is remote"
@@ -79,8 +85,12 @@ def _varint(n: int) -> bytes:
     return bytes(out)
 
 
+#: varints of 0..16383 (a span's length, a key-value's): a look-up, not a loop
+_LENGTHS = _SMALL + [bytes(((n & 0x7F) | 0x80, n >> 7)) for n in range(0x80, 0x4000)]
+
+
 def _len(n: int) -> bytes:
-    return _SMALL[n] if n < 0x80 else _varint(n)
+    return _LENGTHS[n] if n < 0x4000 else _varint(n)
 
 
 def _field(tag: bytes, payload: bytes) -> bytes:
@@ -173,7 +183,6 @@ class Encoder:
         self._cache_size = cache_size
         self._attrs: dict[tuple[str, Any, type], bytes] = {}  # -> Span.attributes field
         self._heads: dict[tuple[str, int], bytes] = {}  # (name, kind) -> name + kind fields
-        self._trace: tuple[int, bytes] = (0, b"")  # the last trace id and its field
         self._resources: dict[int, bytes] = {}  # number -> ResourceSpans.resource field
         self._scopes: dict[str, bytes] = {}  # scope name -> ScopeSpans.scope field
 
@@ -194,22 +203,25 @@ class Encoder:
         """One Span message's body, from a `span_item` tuple."""
         (name, trace_id, span_id, state, parent_id, parent_remote, kind, start, end,
          attributes, events, links, code, description, _, _) = item
-        last_id, trace_field = self._trace
-        if trace_id != last_id:  # the spans of one invocation end close together
-            trace_field = b"\x0a\x10" + trace_id.to_bytes(16, "big") + b"\x12\x08"
-            self._trace = (trace_id, trace_field)
         head = self._heads.get((name, kind))
         if head is None:
             if len(self._heads) >= self._cache_size:
                 self._heads.clear()
             head = self._heads[(name, kind)] = (
                 _string(b"\x2a", name) + b"\x30" + _SMALL[kind + 1 if 0 <= kind < 5 else 0])
-        parts = [trace_field, span_id.to_bytes(8, "big")]
+        # trace_id (1), span_id (2) and parent_span_id (4) in one pack: ids are their
+        # big-endian bytes; then the name and kind, and the fixed64 times (7, 8)
         if state:
-            parts.append(_string(b"\x1a", state))
-        if parent_id:
-            parts += (b"\x22\x08", parent_id.to_bytes(8, "big"))
-        parts += (head, b"\x39", _PACK_Q(start), b"\x41", _PACK_Q(end or start))
+            parts = [_PACK_TRACE_SPAN(_T1, trace_id >> 64, trace_id & _MASK64, _T2, span_id),
+                     _string(b"\x1a", state)]
+            if parent_id:
+                parts.append(b"\x22\x08" + parent_id.to_bytes(8, "big"))
+        elif parent_id:
+            parts = [_PACK_IDS(_T1, trace_id >> 64, trace_id & _MASK64, _T2, span_id, _T4,
+                               parent_id)]
+        else:
+            parts = [_PACK_TRACE_SPAN(_T1, trace_id >> 64, trace_id & _MASK64, _T2, span_id)]
+        parts += (head, _PACK_TIMES(_T7, start, _T8, end or start))
         if attributes:
             attrs = self._attrs
             for key, value in attributes.items():
@@ -263,7 +275,8 @@ class Encoder:
             group = groups.get(key)
             if group is None:
                 group = groups[key] = []
-            group.append(b"\x12" + _len(len(body)) + body)
+            n = len(body)
+            group += (b"\x12", _LENGTHS[n] if n < 0x4000 else _varint(n), body)
             count += 1
         out = []
         for (number, scope_name), fields in groups.items():

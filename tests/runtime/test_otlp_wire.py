@@ -59,7 +59,8 @@ def _spans() -> list[ReadableSpan]:
         name="välue ✓", context=_ctx(2, state=TraceState([("vendor", "x1")])), parent=_ctx(1),
         resource=NODE, kind=SpanKind.CLIENT, start_time=2**63, end_time=2**64 - 1,
         attributes={"f": 1.5, "neg": -3, "big": 2**62, "b": True, "no": False, "empty": "",
-                    "strs": ("x", "y"), "ints": (1, -2), "long": "z" * 300},
+                    "strs": ("x", "y"), "ints": (1, -2), "long": "z" * 300,
+                    "huge": "h" * 20000},  # lengths of one, two and three varint bytes
         events=[Event("child_terminated", {"stoic.reason": "killed by SIGKILL", "n": 2},
                       timestamp=123)],
         links=[Link(_ctx(7, remote=True), {"l": 1}), Link(_ctx(8))],
