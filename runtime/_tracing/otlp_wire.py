@@ -185,6 +185,8 @@ class Encoder:
         self._heads: dict[tuple[str, int], bytes] = {}  # (name, kind) -> name + kind fields
         self._resources: dict[int, bytes] = {}  # number -> ResourceSpans.resource field
         self._scopes: dict[str, bytes] = {}  # scope name -> ScopeSpans.scope field
+        # the request being built: (resource number, scope name) -> Span fields
+        self._groups: dict[tuple[int, str], list[bytes]] = {}
 
     def _attribute(self, key: str, value: Any) -> bytes:
         """A Span.attributes field (tag 9 + KeyValue), cached for plain values."""
@@ -262,7 +264,14 @@ class Encoder:
         """(an ExportTraceServiceRequest, its span count) from span items and resource
         declarations, spans grouped by resource and scope. A span whose resource number
         was never declared is sent with an empty resource."""
-        groups: dict[tuple[int, str], list[bytes]] = {}
+        count = self.add(items)
+        return self.take(), count
+
+    def add(self, items: Iterable[Sequence[Any]]) -> int:
+        """Encode span items (and take resource declarations) into the request being
+        built; the number of spans added. Raises (ValueError, TypeError, ...) on a
+        malformed item; the spans before it stay added."""
+        groups = self._groups
         count = 0
         for item in items:
             if len(item) == 2:
@@ -278,11 +287,16 @@ class Encoder:
             n = len(body)
             group += (b"\x12", _LENGTHS[n] if n < 0x4000 else _varint(n), body)
             count += 1
+        return count
+
+    def take(self) -> bytes:
+        """The ExportTraceServiceRequest of the spans added since the last `take`."""
         out = []
-        for (number, scope_name), fields in groups.items():
+        for (number, scope_name), fields in self._groups.items():
             scope_spans = _field(b"\x12", self._scope(scope_name) + b"".join(fields))
             out.append(_field(b"\x0a", self._resources.get(number, b"\x0a\x00") + scope_spans))
-        return b"".join(out), count
+        self._groups = {}
+        return b"".join(out)
 
     def request(self, spans: Iterable[SpanLike]) -> bytes:
         """An ExportTraceServiceRequest holding `spans` (SDK or Lean spans): for tests and

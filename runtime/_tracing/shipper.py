@@ -29,6 +29,8 @@ Frames from the node to the child: one type byte, a 4-byte big-endian length, th
 from __future__ import annotations
 
 import collections
+import contextlib
+import fcntl
 import logging
 import marshal
 import os
@@ -38,7 +40,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import IO, Any
 
 from opentelemetry import context as otel_context
@@ -57,12 +59,28 @@ _HEADER = struct.Struct(">cI")
 MAX_FRAME = 64 << 20
 
 
+#: Spans per frame that `put` marshals and writes where the spans end (about a dozen
+#: invocations: tens of microseconds, so no event-loop stall worth the name).
+CHUNK = 64
+#: The pipe's size asked for (Linux F_SETPIPE_SZ; the default is 64 KiB).
+PIPE_SIZE = 1 << 20
+_F_SETPIPE_SZ = 1031
+
+
 class SpanShipper(SpanProcessor):
     """A SpanProcessor that ships finished spans to an exporter child process.
 
     `environ` is the child's environment (the OTEL_EXPORTER_OTLP_* variables tell it
     where to send). `max_queue_size`, `schedule_delay_millis` and `max_export_batch_size`
-    mean what they mean for the SDK's BatchSpanProcessor (and follow OTEL_BSP_*)."""
+    mean what they mean for the SDK's BatchSpanProcessor (and follow OTEL_BSP_*).
+
+    Every `CHUNK` spans, `put` marshals the queued spans into one frame and writes it to
+    the pipe without blocking: a few microseconds per span, on the thread where the spans
+    end, with no hand-over to another thread (which, under load, cost the node more than
+    the marshalling itself). What the pipe does not take now (the child is busy or gone
+    slow) waits in a backlog that a thread writes as the pipe drains; the thread also ships
+    what is queued every `schedule_delay_millis`. Queue and backlog together hold at most
+    `max_queue_size` spans: past that, new spans are dropped and counted."""
 
     def __init__(
         self,
@@ -80,21 +98,32 @@ class SpanShipper(SpanProcessor):
         self._max_queue = max_queue_size or 8192
         self._delay = (schedule_delay_millis or 200) / 1000.0
         self._max_batch = max_export_batch_size or 512
+        self._chunk = max(1, min(CHUNK, self._max_batch))
         self._queue: collections.deque[tuple[Any, ...]] = collections.deque()
         self.resources = resources if resources is not None else ResourceTable()
         self._declared = 0  # resources[:_declared] were sent to the child
-        self.dropped = 0
+        self.dropped = 0  # spans dropped: queue and backlog full, or the child gone
+        self.sent = 0  # spans written to the pipe
+        # frames not yet (fully) written, oldest first: [bytes left, spans in the frame]
+        self._backlog: collections.deque[list[Any]] = collections.deque()
+        self._backlog_spans = 0
         self._wake = threading.Event()
-        self._waking = False  # _wake was set and the thread has not woken yet
-        self._lock = threading.Lock()  # the pipe: the thread and force_flush write to it
-        self._ship_lock = threading.Lock()  # the queue's consumers, see _ship_all
+        self._lock = threading.Lock()  # the pipe and the backlog; held only to write
+        self._ship_lock = threading.Lock()  # marshalling, see _ship
         self._closed = False
         self._flushes = 0
         env = dict(os.environ if environ is None else environ)
         env["STOIC_EXPORTER_PARENT"] = str(os.getpid())
-        self._proc: subprocess.Popen[bytes] | None = subprocess.Popen(
+        child = subprocess.Popen(
             [python, "-m", "runtime._tracing.shipper"], stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, stderr=None, env=env, close_fds=True)
+        self._child = child  # kept to reap it
+        self._proc: subprocess.Popen[bytes] | None = child  # None once it is gone
+        assert child.stdin is not None
+        self._fd: int | None = child.stdin.fileno()
+        os.set_blocking(self._fd, False)
+        with contextlib.suppress(OSError):  # not Linux, or above pipe-max-size
+            fcntl.fcntl(self._fd, _F_SETPIPE_SZ, PIPE_SIZE)
         self._thread = threading.Thread(target=self._run, name="stoic-span-shipper",
                                         daemon=True)
         self._thread.start()
@@ -114,71 +143,129 @@ class SpanShipper(SpanProcessor):
 
     def put(self, item: tuple[Any, ...]) -> None:
         """Queue one span item (`otlp_wire.span_item`'s tuple, its resource numbered in
-        `resources`). Runs where the span ends (the node's event loop): an append; the
-        encoding happens in the child."""
+        `resources`); every `CHUNK` spans, ship them. Never blocks."""
         queue = self._queue
-        if len(queue) >= self._max_queue:
+        if len(queue) + self._backlog_spans >= self._max_queue:
             self.dropped += 1
             return
         queue.append(item)
-        if len(queue) >= self._max_batch and not self._waking and not self._closed:
-            self._waking = True  # once per batch: Event.set takes a lock and notifies
+        if len(queue) >= self._chunk and not self._closed:
+            self._ship(block=False)
+
+    # --- frames and the pipe ---
+
+    def _ship(self, block: bool) -> None:
+        """Marshal what is queued into frames and write them (what the pipe does not take
+        now goes to the backlog). One frame at a time under `_ship_lock`, so that a
+        resource is declared before the first frame that names it, and released between
+        frames, so that a busy caller is never kept waiting behind the thread;
+        `block=False` returns at once if another thread holds it (that thread or the next
+        `put` takes these spans)."""
+        queue = self._queue
+        while queue:
+            if not self._ship_lock.acquire(blocking=block):
+                return
+            try:
+                batch: list[tuple[Any, ...]] = []
+                while queue and len(batch) < self._max_batch:
+                    batch.append(queue.popleft())
+                spans = len(batch)
+                if not spans:  # another thread took them meanwhile
+                    return
+                # after the spans: a span's resource was numbered before it was queued
+                resources = self.resources.resources
+                known = len(resources)
+                if known > self._declared:
+                    batch[:0] = [(number, dict(resources[number].attributes))
+                                 for number in range(self._declared, known)]
+                    self._declared = known
+                try:
+                    body = marshal.dumps(batch)
+                except ValueError:  # an attribute value of a type marshal refuses
+                    body = marshal.dumps([plain_item(item) for item in batch])
+                self._write_frame(_HEADER.pack(b"M", len(body)) + body, spans)
+            finally:
+                self._ship_lock.release()
+
+    def _write_frame(self, frame: bytes, spans: int) -> None:
+        """Append a frame to the backlog and write as much of the backlog as the pipe
+        takes now; wake the thread if some is left. Never blocks on the pipe."""
+        with self._lock:
+            if self._fd is None:
+                self.dropped += spans
+                return
+            self._backlog.append([frame, spans])
+            self._backlog_spans += spans
+            self._write_backlog()
+            left = bool(self._backlog)
+        if left:
             self._wake.set()
 
-    # --- the shipping thread ---
+    def _write_backlog(self) -> None:
+        """Write backlog frames, oldest first, until the pipe is full (under `_lock`)."""
+        backlog = self._backlog
+        while backlog and self._fd is not None:
+            entry = backlog[0]
+            try:
+                written = os.write(self._fd, entry[0])
+            except BlockingIOError:
+                return
+            except OSError:  # BrokenPipeError: the child is gone
+                self._gone()
+                return
+            if written < len(entry[0]):
+                entry[0] = memoryview(entry[0])[written:]
+                return
+            backlog.popleft()
+            self._backlog_spans -= entry[1]
+            self.sent += entry[1]
+
+    def _gone(self) -> None:
+        """The child is gone (under `_lock`): spans are no longer exported."""
+        log.warning("span exporter process is gone; spans are no longer exported")
+        self._fd = None
+        self._proc = None
+        self.dropped += self._backlog_spans
+        self._backlog.clear()
+        self._backlog_spans = 0
+
+    def _drain(self, deadline: float | None) -> bool:
+        """Write the whole backlog, waiting for the pipe (outside the lock) up to
+        `deadline` (monotonic; None: one wait of at most the schedule delay). True if the
+        backlog is empty."""
+        while True:
+            with self._lock:
+                self._write_backlog()
+                fd = self._fd
+                if not self._backlog or fd is None:
+                    return not self._backlog
+            wait = self._delay if deadline is None else deadline - time.monotonic()
+            if wait <= 0:
+                return False
+            with contextlib.suppress(OSError, ValueError):  # closed meanwhile
+                select.select([], [fd], [], wait)
+            if deadline is None:
+                with self._lock:
+                    self._write_backlog()
+                    return not self._backlog
+
+    # --- the thread: the backlog, and spans that did not fill a chunk ---
 
     def _run(self) -> None:
         while not self._closed:
-            self._wake.wait(self._delay)
-            self._wake.clear()
-            self._waking = False
-            self._ship_all()
-
-    def _ship_all(self) -> None:
-        # One shipper at a time (the thread, or force_flush's caller): otherwise one could
-        # send a span while the other still holds its resource's declaration.
-        with self._ship_lock:
-            self._ship_queued()
-
-    def _ship_queued(self) -> None:
-        while self._queue:
-            batch: list[tuple[Any, ...]] = []
-            queue = self._queue
-            while queue and len(batch) < self._max_batch:
-                batch.append(queue.popleft())
-            # after the spans: a span's resource was numbered before it was queued
-            resources = self.resources.resources
-            known = len(resources)
-            if known > self._declared:
-                batch[:0] = [(number, dict(resources[number].attributes))
-                             for number in range(self._declared, known)]
-                self._declared = known
-            try:
-                body = marshal.dumps(batch)
-            except ValueError:  # an attribute value of a type marshal refuses
-                body = marshal.dumps([plain_item(item) for item in batch])
-            self._send(_HEADER.pack(b"M", len(body)) + body)
-
-    def _send(self, data: bytes) -> bool:
-        with self._lock:
-            proc = self._proc
-            if proc is None or proc.stdin is None:
-                return False
-            try:
-                proc.stdin.write(data)
-                proc.stdin.flush()
-                return True
-            except (BrokenPipeError, OSError, ValueError):
-                log.warning("span exporter process is gone; spans are no longer exported")
-                self._proc = None
-                return False
+            if self._backlog:
+                self._drain(None)
+            else:
+                self._wake.wait(self._delay)
+                self._wake.clear()
+            self._ship(block=True)
 
     # --- lifecycle ---
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         """Ship what is queued and wait until the child has exported it."""
         deadline = time.monotonic() + timeout_millis / 1000.0
-        self._ship_all()
+        self._ship(block=True)
         with self._lock:
             self._flushes += 1
             token = self._flushes
@@ -186,7 +273,8 @@ class SpanShipper(SpanProcessor):
         if proc is None or proc.stdout is None:
             return False
         body = str(token).encode()
-        if not self._send(_HEADER.pack(b"F", len(body)) + body):
+        self._write_frame(_HEADER.pack(b"F", len(body)) + body, 0)
+        if not self._drain(deadline):
             return False
         return _await_line(proc.stdout, f"flushed {token}".encode(), deadline)
 
@@ -198,21 +286,19 @@ class SpanShipper(SpanProcessor):
         self._wake.set()
         self._thread.join(5.0)
         with self._lock:
-            proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        if proc.stdin is not None:
-            try:
-                proc.stdin.close()
-            except OSError:
-                pass
+            self._fd = None
+            self._proc = None
+        child = self._child
+        if child.stdin is not None:
+            with contextlib.suppress(OSError):
+                child.stdin.close()
         try:
-            proc.wait(5.0)
+            child.wait(5.0)
         except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5.0)
-        if proc.stdout is not None:
-            proc.stdout.close()
+            child.kill()
+            child.wait(5.0)
+        if child.stdout is not None:
+            child.stdout.close()
 
 
 def _await_line(stream: IO[bytes], expected: bytes, deadline: float) -> bool:
@@ -236,28 +322,49 @@ def _await_line(stream: IO[bytes], expected: bytes, deadline: float) -> bool:
 
 # --- the child ----------------------------------------------------------------------------
 
-def _read_exactly(stream: IO[bytes], n: int) -> bytes | None:
-    """`n` bytes from `stream`, or None at end of input (a partial frame counts as end)."""
-    data = stream.read(n)
-    if data is None or len(data) < n:
-        return None
-    return data
+class _FrameReader:
+    """(type, body) frames from a pipe: iterate until end of input (a partial frame counts
+    as the end) or a malformed header; `ready()` says whether the next frame can be had
+    without waiting."""
 
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._buffer = bytearray()
+        self._at = 0  # where the next frame starts in _buffer
 
-def _frames(stream: IO[bytes]) -> Any:
-    """(type, body) frames until end of input or a malformed header."""
-    while True:
-        header = _read_exactly(stream, _HEADER.size)
-        if header is None:
-            return
-        kind, size = _HEADER.unpack(header)
-        if kind not in (b"M", b"F") or size > MAX_FRAME:
-            log.error("span exporter: malformed frame (type %r, %d bytes); stopping", kind, size)
-            return
-        body = _read_exactly(stream, size)
-        if body is None:
-            return
-        yield kind, body
+    def _complete(self) -> bool:
+        """A whole frame (or a header too bad to wait for the rest of) is buffered."""
+        left = len(self._buffer) - self._at
+        if left < _HEADER.size:
+            return False
+        kind, size = _HEADER.unpack_from(self._buffer, self._at)
+        return kind not in (b"M", b"F") or size > MAX_FRAME or left >= _HEADER.size + size
+
+    def ready(self, timeout: float = 0.0) -> bool:
+        """Whether more input is here, waiting up to `timeout` seconds for it."""
+        if self._complete():
+            return True
+        readable, _, _ = select.select([self._fd], [], [], max(0.0, timeout))
+        return bool(readable)
+
+    def __iter__(self) -> Iterator[tuple[bytes, bytes]]:
+        while True:
+            while not self._complete():
+                chunk = os.read(self._fd, 1 << 20)
+                if not chunk:
+                    return
+                if self._at:  # drop what was read, before growing the buffer
+                    del self._buffer[:self._at]
+                    self._at = 0
+                self._buffer += chunk
+            kind, size = _HEADER.unpack_from(self._buffer, self._at)
+            if kind not in (b"M", b"F") or size > MAX_FRAME:
+                log.error("span exporter: malformed frame (type %r, %d bytes); stopping",
+                          kind, size)
+                return
+            start = self._at + _HEADER.size
+            self._at = start + size
+            yield kind, bytes(self._buffer[start:self._at])
 
 
 class _Batch(list):  # type: ignore[type-arg]
@@ -270,7 +377,7 @@ def _child_main() -> int:
     from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
     from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
-    from runtime._tracing.config import otlp_endpoint
+    from runtime._tracing.config import batch_options, otlp_endpoint
     from runtime._tracing.otlp_wire import Encoder
     from runtime._worker._limits import die_with_parent
 
@@ -303,22 +410,45 @@ def _child_main() -> int:
         return 0
     exporter = _Exporter(endpoint=endpoint.url, insecure=endpoint.insecure,
                          timeout=endpoint.timeout)
+    options = batch_options(os.environ)
+    max_batch = options.get("max_export_batch_size") or 512
+    delay = (options.get("schedule_delay_millis") or 200) / 1000.0
     encoder = Encoder()
     out = sys.stdout.buffer
-    for kind, body in _frames(sys.stdin.buffer):
+    reader = _FrameReader(sys.stdin.fileno())
+    pending = 0  # spans added to the encoder's request, not yet exported
+
+    first = 0.0  # when the oldest pending span was added (monotonic)
+
+    def export() -> None:
+        nonlocal pending
+        if pending:
+            batch = _Batch([None] * pending)
+            batch.request = encoder.take()
+            pending = 0
+            exporter.export(batch)
+
+    # Frames are small (a node writes one every few dozen spans): as the SDK's batch
+    # processor does, a request goes out when it holds the batch size, or when its oldest
+    # span has waited the schedule delay (OTEL_BSP_*), or at a flush.
+    for kind, body in reader:
         if kind == b"F":
+            export()
             out.write(b"flushed " + body + b"\n")
             out.flush()
             continue
         try:
-            request, count = encoder.items(marshal.loads(body))
+            had = pending
+            pending += encoder.add(marshal.loads(body))
         except (ValueError, EOFError, TypeError, AttributeError, OverflowError) as exc:
             log.error("span exporter: a batch did not decode (%s); dropped", exc)
             continue
-        if count:
-            batch = _Batch([None] * count)
-            batch.request = request
-            exporter.export(batch)
+        if pending and not had:
+            first = time.monotonic()
+        if pending >= max_batch or (pending and not reader.ready(
+                first + delay - time.monotonic())):
+            export()
+    export()
     exporter.shutdown()
     return 0
 

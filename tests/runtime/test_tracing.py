@@ -544,17 +544,35 @@ def test_a_dead_exporter_process_costs_spans_not_the_node(otlp_receiver: OtlpRec
     assert tracing.shutdown(timeout=5.0)
 
 
-def test_the_shipper_queue_is_bounded() -> None:
-    """A shipper whose child cannot keep up drops spans past max_queue_size and counts them
-    (no endpoint: the child exits at once, so nothing drains the queue but the thread)."""
+def test_the_shipper_never_blocks_and_holds_a_bounded_number_of_spans() -> None:
+    """A child that reads nothing (SIGSTOP): the pipe fills, then the backlog, then new
+    spans are dropped and counted; `put` never blocks, and every span is accounted for
+    (written, waiting or dropped). A SIGKILLed child then costs spans, not the caller."""
+    import signal as _signal
+
     shipper = SpanShipper(environ={"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9"},
-                          max_queue_size=10, schedule_delay_millis=60_000,
-                          max_export_batch_size=1000)
-    tracing = Tracing(runtime.Tracing.from_env(environ={}).resource, export_processor=shipper)
-    for _ in range(25):
-        with tracing.start_span("x"):
-            pass
-    assert shipper.dropped == 15 and len(shipper._queue) == 10
+                          max_queue_size=50, schedule_delay_millis=60_000,
+                          max_export_batch_size=10)
+    assert shipper.pid is not None
+    os.kill(shipper.pid, _signal.SIGSTOP)
+    try:
+        tracing = Tracing(runtime.Tracing.from_env(environ={}).resource,
+                          export_processor=shipper)
+        total = 20_000  # far more than a 1 MiB pipe holds
+        for _ in range(total):
+            with tracing.start_span("x", attributes={"stoic.invocation_id": "a" * 32}):
+                pass
+        waiting = len(shipper._queue) + shipper._backlog_spans
+        assert 0 < waiting <= 50
+        assert shipper.dropped > 0 and shipper.sent > 0
+        assert shipper.sent + waiting + shipper.dropped == total
+    finally:
+        os.kill(shipper.pid, _signal.SIGKILL)
+        os.kill(shipper.pid, _signal.SIGCONT)
+    with tracing.start_span("after the kill"):  # noticed on the next write, or at flush
+        pass
+    assert not tracing.force_flush(2.0)
+    assert shipper._proc is None
     tracing.shutdown(timeout=5.0)
 
 
