@@ -525,6 +525,27 @@ def test_the_exporter_child_reconnects_to_a_collector_that_came_back() -> None:
         assert tracing.shutdown(timeout=5.0)
 
 
+def test_the_exporter_child_sends_many_frames_in_one_request(
+        otlp_receiver: OtlpReceiver) -> None:
+    """A node writes a frame every 64 spans; its exporter child sends what arrives within
+    the schedule delay as one request, up to the batch size, as the SDK's batch
+    processor would."""
+    tracing = Tracing.from_env(environ={**_env(otlp_receiver),
+                                        "OTEL_BSP_SCHEDULE_DELAY": "2000"},
+                               node_id="n1", zone="z", role="node")
+    try:
+        before = otlp_receiver.exports
+        for i in range(640):  # ten frames, well within one batch (512) and a half
+            with tracing.start_span("many", attributes={ATTR_INVOCATION_ID: f"many-{i}"}):
+                pass
+        assert tracing.force_flush(10.0)
+        got = otlp_receiver.wait_for(lambda spans: sum(s.name == "many" for s in spans) == 640)
+        assert len({s.attributes[ATTR_INVOCATION_ID] for s in got if s.name == "many"}) == 640
+        assert otlp_receiver.exports - before <= 3  # not one request per frame
+    finally:
+        assert tracing.shutdown(timeout=5.0)
+
+
 def test_a_dead_exporter_process_costs_spans_not_the_node(otlp_receiver: OtlpReceiver) -> None:
     """SIGKILL the shipper's child: spans are still recorded locally, nothing raises, and
     the shipper stops writing to the dead pipe; shutdown is clean."""
