@@ -639,8 +639,9 @@ class ExecuteRequest:
 
 @dataclass(frozen=True)
 class WorkerTiming:
-    """When (unix nanoseconds) and in which process a worker ran one attempt; span ids
-    are the worker's own when it exports spans, else 0."""
+    """When (unix nanoseconds) and in which process a worker ran one attempt; a span id
+    is the worker's when it chose one (the handler span's, when the handler made spans of
+    its own), else 0 (the node chooses)."""
 
     execute_start: int
     handler_start: int

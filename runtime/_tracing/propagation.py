@@ -13,7 +13,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from runtime._tracing.lean import LeanSpan
+from runtime._tracing.lean import LeanSpan, QuietSpan
 
 __all__ = ["Carrier", "ParentLike", "extract", "inject", "parse_traceparent", "remote_parent",
            "to_context"]
@@ -57,8 +57,9 @@ def inject(
     `ExecuteRequest.trace_context`. Returns `{}` when there is no valid span (tracing
     disabled, or no span active), never raises.
     """
-    if type(source) is LeanSpan:  # a node's own span (recording, so sampled)
-        out = {"traceparent": f"00-{source.trace_id:032x}-{source.span_id:016x}-01"}
+    if type(source) is LeanSpan or type(source) is QuietSpan:  # a node's own span
+        flags = "01" if type(source) is LeanSpan else "00"  # recording, or dropped
+        out = {"traceparent": f"00-{source.trace_id:032x}-{source.span_id:016x}-{flags}"}
         if source.trace_state:
             out["tracestate"] = source.trace_state.to_header()
         return out

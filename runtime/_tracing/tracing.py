@@ -35,7 +35,7 @@ from runtime._tracing.config import (
     sampler_from_env,
     sdk_disabled,
 )
-from runtime._tracing.lean import LeanSpan
+from runtime._tracing.lean import LeanSpan, QuietSpan
 from runtime._tracing.propagation import ParentLike, remote_parent, to_context
 from runtime._tracing.recorder import (
     ATTR_INVOCATION_ID,
@@ -73,13 +73,20 @@ def bounded_call(fn: Callable[[], object], timeout: float, name: str) -> bool:
 class WorkerTimingLike(Protocol):
     """What `record_worker_spans` reads (runtime.wire.WorkerTiming has it)."""
 
-    execute_start: int
-    handler_start: int
-    handler_end: int
-    execute_end: int
-    pid: int
-    execute_span_id: int
-    handler_span_id: int
+    @property
+    def execute_start(self) -> int: ...
+    @property
+    def handler_start(self) -> int: ...
+    @property
+    def handler_end(self) -> int: ...
+    @property
+    def execute_end(self) -> int: ...
+    @property
+    def pid(self) -> int: ...
+    @property
+    def execute_span_id(self) -> int: ...
+    @property
+    def handler_span_id(self) -> int: ...
 
 
 _TRACE_ID_LIMIT = (1 << 64) - 1
@@ -112,7 +119,6 @@ _INTERNAL = SpanKind.INTERNAL.value
 _SERVER = SpanKind.SERVER.value
 _UNSET_CODE = StatusCode.UNSET.value
 _ERROR_CODE = StatusCode.ERROR.value
-_NOT_SAMPLED = trace.TraceFlags(trace.TraceFlags.DEFAULT)
 
 
 def _new_span_id() -> int:
@@ -362,6 +368,9 @@ class Tracing:
                                 parent_like.span_id, False, kind, attributes, links,
                                 parent_like.trace_state)
             parent = parent_like.get_span_context()
+        elif type(parent_like) is QuietSpan and self._bound is not None:
+            # parentbased_*: a dropped span's children are dropped
+            return QuietSpan(parent_like.trace_id, _new_span_id(), parent_like.trace_state)
         elif type(parent_like) is dict:  # gRPC metadata: parse the header, no Context
             parent = (remote_parent(cast("dict[str, str]", parent_like))
                       or trace.INVALID_SPAN_CONTEXT)
@@ -382,9 +391,7 @@ class Tracing:
             sampled = self._sampler.should_sample(
                 ctx, trace_id, name, kind, attributes, links).decision.is_sampled()
         if not sampled:
-            return trace.NonRecordingSpan(trace.SpanContext(
-                trace_id, _new_span_id(), False, _NOT_SAMPLED,
-                parent.trace_state if valid else None))
+            return QuietSpan(trace_id, _new_span_id(), parent.trace_state if valid else None)
         if valid:
             return LeanSpan(self, name, trace_id, _new_span_id(), parent.span_id,
                             parent.is_remote, kind, attributes, links, parent.trace_state)
@@ -448,6 +455,8 @@ class Tracing:
         if type(parent) is LeanSpan:  # recording, so sampled
             state = parent.trace_state
             return parent.trace_id, parent.span_id, state.to_header() if state else ""
+        if type(parent) is QuietSpan:  # dropped by the sampler
+            return None
         pctx = parent.get_span_context()
         if not pctx.is_valid or not pctx.trace_flags.sampled:
             return None

@@ -393,6 +393,30 @@ def test_parentbased_decisions_match_the_sdk_sampler(sampler: str) -> None:
         assert not span.get_span_context().trace_flags.sampled
 
 
+def test_a_dropped_trace_stays_dropped_and_records_nothing() -> None:
+    """A span the sampler drops carries its trace on as not sampled (in `inject`), its
+    children are dropped with the same trace id, and nothing of it is recorded."""
+    from runtime.wire import WorkerTiming
+
+    tracing = Tracing.from_env(environ={"OTEL_TRACES_SAMPLER": "parentbased_always_off"})
+    with tracing.start_span("root", attach=False) as root:
+        assert not root.is_recording()
+        ctx = root.get_span_context()
+        assert ctx.is_valid and not ctx.trace_flags.sampled
+        assert inject(root) == {"traceparent": f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-00"}
+        with tracing.start_span("child", parent=root, attach=False) as child:
+            kid = child.get_span_context()
+            assert kid.trace_id == ctx.trace_id and kid.span_id != ctx.span_id
+            assert not kid.trace_flags.sampled and not child.is_recording()
+            tracing.record_span("route", child, 1, 2, {"k": "v"})
+            tracing.record_worker_spans(child, WorkerTiming(1, 2, 3, 4, 5, 0, 0), {})
+    # a parent's not-sampled flag is followed the same way
+    with tracing.start_span("remote", parent=inject(root), attach=False) as remote:
+        assert remote.get_span_context().trace_id == ctx.trace_id
+        assert not remote.get_span_context().trace_flags.sampled
+    assert len(tracing.recorder) == 0
+
+
 # --- records and the tree view ------------------------------------------------------------
 
 
