@@ -25,6 +25,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -299,6 +300,18 @@ class WorkerProcess:
             raise InstanceCrashed(f"instance {self.name} ping failed: {exc}") from exc
 
 
+#: A spawn slower than this is logged with where its time went (it normally takes tens of
+#: milliseconds; a slow one leaves callers waiting for a restarted instance).
+SLOW_SPAWN = 1.0
+
+
+def _log_if_slow(function: str, began: float, phases: list[str]) -> None:
+    took = time.monotonic() - began
+    if took >= SLOW_SPAWN:
+        log.warning("starting an instance of %s took %.2fs: %s", function, took,
+                    "; ".join(phases))
+
+
 class ForkServer:
     """Spawns function actor processes for one node. Use `async with ForkServer.open(...)`.
 
@@ -523,6 +536,8 @@ class ForkServer:
         config = WorkerConfig(
             spec=spec, socket=socket, error_file=os.path.join(self.socket_dir, f"w{ref}.err"),
             parent_pid=os.getpid(), node_id=node_id, zone=zone, instance_id=instance_id)
+        began = time.monotonic()
+        phases: list[str] = []  # where a slow spawn spent its time, for the log
         spare = self._take_spare()
         if spare is not None:
             assigned = dataclasses.replace(
@@ -533,6 +548,7 @@ class ForkServer:
                 self.spares_used += 1
                 if spare.exit_reason is None:
                     self.workers.add(spare)
+                _log_if_slow(spec.name, began, [f"spare {spare.name} assigned"])
                 return spare
             except (InstanceCrashed, TimeoutError) as exc:
                 # e.g. the app fails to import: the fork path below reports that properly
@@ -540,20 +556,26 @@ class ForkServer:
                 spare.kill()
             finally:
                 self._spare_taken.set()  # fork the next spare now
+            phases.append(f"spare {spare.name} refused after {time.monotonic() - began:.2f}s")
         worker: WorkerProcess | None = None
         try:
             if self._template_alive:
                 worker = await self._spawn_forked(ref, config)
+                phases.append(f"template {'forked' if worker else 'did not fork'} at "
+                              f"{time.monotonic() - began:.2f}s")
             if worker is None:
                 worker = await self._spawn_fresh(config)
+                phases.append(f"fresh interpreter at {time.monotonic() - began:.2f}s")
             try:
                 with anyio.fail_after(self.start_timeout):
                     await worker._start(self._tg)
             except TimeoutError:
                 raise await worker._start_failed(
                     f"not ready within {self.start_timeout}s") from None
+            _log_if_slow(spec.name, began, [*phases, f"pid {worker.pid} ready"])
             return worker
         except BaseException:
+            _log_if_slow(spec.name, began, [*phases, "failed"])
             if worker is not None and not worker._exited.is_set():
                 worker.kill()
             raise
