@@ -538,29 +538,8 @@ class ForkServer:
             parent_pid=os.getpid(), node_id=node_id, zone=zone, instance_id=instance_id)
         began = time.monotonic()
         phases: list[str] = []  # where a slow spawn spent its time, for the log
-        watchdog = anyio.CancelScope()
-        self._tg.start_soon(self._watch_spawn, watchdog, spec.name, began, phases)
-        try:
-            return await self._spawn(spec, instance_id, config, ref, began, phases)
-        finally:
-            watchdog.cancel()
-
-    async def _watch_spawn(self, scope: anyio.CancelScope, function: str, began: float,
-                           phases: list[str]) -> None:
-        """Log a spawn still going after SLOW_SPAWN seconds, and every few seconds after,
-        with the step it is at (a restart that hangs leaves callers waiting for it)."""
-        with scope:
-            await anyio.sleep(SLOW_SPAWN)
-            for _ in range(1_000):
-                log.warning("still starting an instance of %s after %.1fs: %s", function,
-                            time.monotonic() - began, "; ".join(phases) or "no step yet")
-                await anyio.sleep(3.0)
-
-    async def _spawn(self, spec: FunctionSpec, instance_id: str, config: WorkerConfig,
-                     ref: int, began: float, phases: list[str]) -> WorkerProcess:
         spare = self._take_spare()
         if spare is not None:
-            phases.append(f"assigning spare {spare.name}")
             assigned = dataclasses.replace(
                 config, socket=spare.socket, error_file=spare._error_file)
             try:
@@ -569,7 +548,7 @@ class ForkServer:
                 self.spares_used += 1
                 if spare.exit_reason is None:
                     self.workers.add(spare)
-                _log_if_slow(spec.name, began, [*phases, "assigned"])
+                _log_if_slow(spec.name, began, [f"spare {spare.name} assigned"])
                 return spare
             except (InstanceCrashed, TimeoutError) as exc:
                 # e.g. the app fails to import: the fork path below reports that properly
@@ -577,25 +556,23 @@ class ForkServer:
                 spare.kill()
             finally:
                 self._spare_taken.set()  # fork the next spare now
-            phases.append(f"spare refused after {time.monotonic() - began:.2f}s")
+            phases.append(f"spare {spare.name} refused after {time.monotonic() - began:.2f}s")
         worker: WorkerProcess | None = None
         try:
             if self._template_alive:
-                phases.append("asking the template to fork")
                 worker = await self._spawn_forked(ref, config)
                 phases.append(f"template {'forked' if worker else 'did not fork'} at "
                               f"{time.monotonic() - began:.2f}s")
             if worker is None:
-                phases.append("starting a fresh interpreter")
                 worker = await self._spawn_fresh(config)
-            phases.append(f"waiting for pid {worker.pid} to be ready")
+                phases.append(f"fresh interpreter at {time.monotonic() - began:.2f}s")
             try:
                 with anyio.fail_after(self.start_timeout):
                     await worker._start(self._tg)
             except TimeoutError:
                 raise await worker._start_failed(
                     f"not ready within {self.start_timeout}s") from None
-            _log_if_slow(spec.name, began, [*phases, "ready"])
+            _log_if_slow(spec.name, began, [*phases, f"pid {worker.pid} ready"])
             return worker
         except BaseException:
             _log_if_slow(spec.name, began, [*phases, "failed"])
