@@ -91,7 +91,17 @@ def _connect(path: str) -> sqlite3.Connection:
     conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None,
                            check_same_thread=False)
     conn.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
-    conn.execute("PRAGMA journal_mode=WAL")
+    # Switching a new file to WAL takes an exclusive lock, and SQLite answers "database is
+    # locked" at once (without the busy handler) while another process opening the same
+    # file does the same: retry, bounded.
+    for attempt in range(50):
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            break
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == 49:
+                raise
+            time.sleep(0.01 * (1 + attempt % 10))  # a retry interval, bounded above
     conn.execute("PRAGMA synchronous=FULL")
     conn.executescript(SCHEMA)
     return conn
