@@ -380,7 +380,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    code: int = args.func(args)
+    try:
+        code: int = args.func(args)
+        sys.stdout.flush()  # here, not at exit: a closed pipe raises now, where it is caught
+    except BrokenPipeError:
+        # `stoic functions | head`: the reader left. Exit quietly, as Unix tools do (and
+        # keep the interpreter's own flush at exit from raising again).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell reports for a tool killed by it
     return code
 
 

@@ -72,6 +72,27 @@ def test_cli_invoke_and_status(node: Cluster) -> None:
     assert bad.returncode != 0 and "FunctionNotFound" in bad.stderr
 
 
+def test_cli_output_into_a_closed_pipe_exits_quietly(node: Cluster) -> None:
+    """`stoic functions | head -1`: the reader goes away; the CLI exits with the shell's
+    SIGPIPE status and no traceback."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "supervisor.cli", "functions", "--target", node.addresses[0]],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=str(ROOT))
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # before it prints: it has to reach the node first
+    try:
+        err = proc.stderr.read().decode()
+        assert proc.wait(timeout=60) == 141, err
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stderr.close()
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
+
+
 def _grpcurl() -> str:
     found = list((Path(ROOT) / ".venv").rglob("grpcurl")) if (ROOT / ".venv").exists() else []
     binaries = [str(p) for p in found if p.is_file() and os.access(p, os.X_OK)]
