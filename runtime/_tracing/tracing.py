@@ -284,7 +284,7 @@ class Tracing:
             shipper = SpanShipper(
                 environ=env, max_queue_size=opts.get("max_queue_size"),
                 schedule_delay_millis=opts.get("schedule_delay_millis"),
-                max_export_batch_size=opts.get("max_export_batch_size"), resources=ResourceTable())
+                max_export_batch_size=opts.get("max_export_batch_size"))
             return cls(resource, sampler=sampler, recorder_capacity=recorder_capacity,
                        export_processor=shipper)
         if endpoint is not None:
@@ -498,9 +498,10 @@ class Tracing:
         attempt from the timing the worker reported, as children of `parent` (the span
         whose context travelled to the worker): in the local recorder (so `stoic trace`
         shows the worker) and, when exporting, in the export queue, with a resource that
-        says `stoic.role=worker`. The worker measured the times and, when exporting, chose
-        the ids (its handler's own spans are children of that handler span), so the worker
-        pays no span machinery per call. `error`: the handler's exception type, if any."""
+        says `stoic.role=worker`. The worker measured the times, and chose the handler
+        span's id when its handler made spans of its own (their parent); ids it left 0 are
+        chosen here. So the worker pays no span machinery per call. `error`: the
+        handler's exception type, if any."""
         ids = self._sampled_parent(parent)
         if ids is None:
             return
