@@ -1283,7 +1283,9 @@ def error_from_rpc(exc: grpc.aio.AioRpcError) -> StoicError:
     An UNAVAILABLE status that the server did not send itself (no `stoic-error` trailer)
     is a transport failure: `Unreachable` when the connection could not be made (the
     request never reached the server: safe to send elsewhere), else `ConnectionLost`
-    (the connection broke; the server may have run the call)."""
+    (the connection broke; the server may have run the call). gRPC core's own INTERNAL
+    ("Internal error from Core", seen when a stream breaks as its server goes away) is
+    `ConnectionLost` too: the server sent nothing."""
     code = exc.code()
     details = exc.details() or ""
     name = ""
@@ -1296,7 +1298,13 @@ def error_from_rpc(exc: grpc.aio.AioRpcError) -> StoicError:
         if "failed to connect" in lowered or "connection refused" in lowered:
             return Unreachable(details)
         return ConnectionLost(details)
+    if code is grpc.StatusCode.INTERNAL and not name and details == _CORE_INTERNAL:
+        return ConnectionLost(details)
     return error_from_status(code, details, name)
+
+
+#: The details gRPC core gives a call it failed itself (no status came from the server).
+_CORE_INTERNAL = "Internal error from Core"
 
 
 def _metadata(metadata: Mapping[str, str] | None) -> tuple[tuple[str, str], ...] | None:

@@ -620,3 +620,30 @@ async def test_assign_is_refused_precisely(sock: Path) -> None:
                            match="INVALID_ARGUMENT: importing broken.py failed: RuntimeError"):
             await c.assign('{"app": "broken"}')
         assert await c.assign("{}") == 4242
+
+
+def test_transport_failures_map_to_retryable_errors_and_server_statuses_do_not() -> None:
+    """A status gRPC core made itself (no `stoic-error` trailer) is a transport failure:
+    UNAVAILABLE before connecting is Unreachable, a broken connection (UNAVAILABLE, or
+    core's own INTERNAL when a stream breaks as its server goes away) is ConnectionLost.
+    An INTERNAL the server sent stays an InternalError."""
+    from grpc.aio import AioRpcError, Metadata
+
+    from runtime import ConnectionLost, InternalError, Unreachable
+    from runtime.wire import ERROR_TRAILER, error_from_rpc
+
+    def rpc(code: grpc.StatusCode, details: str, trailer: str = "") -> AioRpcError:
+        trailers = Metadata((ERROR_TRAILER, trailer)) if trailer else Metadata()
+        return AioRpcError(code, Metadata(), trailers, details)
+
+    assert isinstance(error_from_rpc(rpc(grpc.StatusCode.UNAVAILABLE,
+                                         "failed to connect to all addresses")), Unreachable)
+    lost = error_from_rpc(rpc(grpc.StatusCode.INTERNAL, "Internal error from Core"))
+    assert isinstance(lost, ConnectionLost) and lost.retryable
+    assert isinstance(error_from_rpc(rpc(grpc.StatusCode.UNAVAILABLE, "Socket closed")),
+                      ConnectionLost)
+    sent = error_from_rpc(rpc(grpc.StatusCode.INTERNAL, "Internal error from Core",
+                              "InternalError"))
+    assert type(sent) is InternalError
+    assert type(error_from_rpc(rpc(grpc.StatusCode.INTERNAL, "a bug in the node"))) \
+        is InternalError
