@@ -50,6 +50,7 @@ from runtime import (
     inject,
     wire,
 )
+from supervisor._loop_watch import LoopWatch
 from supervisor._membership import MemberRecord, Membership, MembershipConfig
 from supervisor._placement import Member, should_host
 from supervisor._pool import FunctionPool, PoolConfig
@@ -207,6 +208,7 @@ class Node:
             raise RuntimeError(f"cannot listen on {self.config.listen}")
         async with anyio.create_task_group() as tg:
             self._tg = tg
+            await tg.start(LoopWatch(threshold=1.0).run)
             await self._deploy_initial_apps()
             await tg.start(self.membership.run)
             await self._reconcile_once()
