@@ -143,7 +143,7 @@ class WorkerProcess:
         return f"WorkerProcess({self.name}, exited={self._reason})"
 
     # --- lifecycle -----------------------------------------------------------------------
-    async def _start(self, tg: anyio.abc.TaskGroup) -> None:
+    async def _start(self, tg: anyio.abc.TaskGroup, steps: list[str] | None = None) -> None:
         """Wait for the worker's readiness line, connect the stream (its reader runs in
         `tg`) and get a first ping answered, racing the process's exit. Bound it with the
         caller's scope. Raises WorkerStartFailed (after killing the process) if the process
@@ -156,10 +156,15 @@ class WorkerProcess:
                 race.cancel_scope.cancel()
 
             race.start_soon(exit_watch)
+            began = time.monotonic()
+            steps = steps if steps is not None else []
             try:
                 await self._ready.wait()
+                steps.append(f"readiness line after {time.monotonic() - began:.2f}s")
                 await tg.start(self._run_client)
+                steps.append(f"stream open after {time.monotonic() - began:.2f}s")
                 await self._client.ping()
+                steps.append(f"ping answered after {time.monotonic() - began:.2f}s")
             except InstanceCrashed as exc:
                 problem = str(exc)
             except RuntimeError as exc:  # the stream reader ended before it started
@@ -347,6 +352,8 @@ class ForkServer:
         self._spare: WorkerProcess | None = None
         self._spare_taken = anyio.Event()
         self.spares_used = 0  # spawns served by a spare (for tests and figures)
+        # spawns in progress: ref -> (function, began, steps so far), for _slow_spawn_loop
+        self._spawning: dict[int, tuple[str, float, list[str]]] = {}
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -374,6 +381,7 @@ class ForkServer:
                 server = cls(directory, tg, python=python, start_timeout=start_timeout,
                              spare=spare)
                 try:
+                    tg.start_soon(server._slow_spawn_loop)
                     if use_template:
                         await server._start_template(preload)
                         if spare and server._template_alive:
@@ -538,8 +546,17 @@ class ForkServer:
             parent_pid=os.getpid(), node_id=node_id, zone=zone, instance_id=instance_id)
         began = time.monotonic()
         phases: list[str] = []  # where a slow spawn spent its time, for the log
+        self._spawning[ref] = (spec.name, began, phases)
+        try:
+            return await self._spawn(spec, instance_id, config, ref, began, phases)
+        finally:
+            del self._spawning[ref]
+
+    async def _spawn(self, spec: FunctionSpec, instance_id: str, config: WorkerConfig,
+                     ref: int, began: float, phases: list[str]) -> WorkerProcess:
         spare = self._take_spare()
         if spare is not None:
+            phases.append(f"assigning spare {spare.name}")
             assigned = dataclasses.replace(
                 config, socket=spare.socket, error_file=spare._error_file)
             try:
@@ -548,7 +565,7 @@ class ForkServer:
                 self.spares_used += 1
                 if spare.exit_reason is None:
                     self.workers.add(spare)
-                _log_if_slow(spec.name, began, [f"spare {spare.name} assigned"])
+                _log_if_slow(spec.name, began, [*phases, "assigned"])
                 return spare
             except (InstanceCrashed, TimeoutError) as exc:
                 # e.g. the app fails to import: the fork path below reports that properly
@@ -556,23 +573,25 @@ class ForkServer:
                 spare.kill()
             finally:
                 self._spare_taken.set()  # fork the next spare now
-            phases.append(f"spare {spare.name} refused after {time.monotonic() - began:.2f}s")
+            phases.append(f"spare refused after {time.monotonic() - began:.2f}s")
         worker: WorkerProcess | None = None
         try:
             if self._template_alive:
+                phases.append("asking the template to fork")
                 worker = await self._spawn_forked(ref, config)
                 phases.append(f"template {'forked' if worker else 'did not fork'} at "
                               f"{time.monotonic() - began:.2f}s")
             if worker is None:
+                phases.append("starting a fresh interpreter")
                 worker = await self._spawn_fresh(config)
-                phases.append(f"fresh interpreter at {time.monotonic() - began:.2f}s")
+            phases.append(f"waiting for pid {worker.pid} to be ready")
             try:
                 with anyio.fail_after(self.start_timeout):
-                    await worker._start(self._tg)
+                    await worker._start(self._tg, phases)
             except TimeoutError:
                 raise await worker._start_failed(
                     f"not ready within {self.start_timeout}s") from None
-            _log_if_slow(spec.name, began, [*phases, f"pid {worker.pid} ready"])
+            _log_if_slow(spec.name, began, [*phases, "ready"])
             return worker
         except BaseException:
             _log_if_slow(spec.name, began, [*phases, "failed"])
@@ -638,6 +657,22 @@ class ForkServer:
 
         self._tg.start_soon(reap)
         return worker
+
+    async def _slow_spawn_loop(self) -> None:
+        """Log each spawn still going after SLOW_SPAWN seconds (and every 3 s after),
+        with the steps it has taken: a restart that hangs leaves callers waiting for it,
+        and the log then says where it is even if it never ends. One task for all spawns."""
+        warned: dict[int, float] = {}
+        while True:
+            await anyio.sleep(SLOW_SPAWN / 2)
+            now = time.monotonic()
+            for ref, (function, began, steps) in list(self._spawning.items()):
+                if now - began >= SLOW_SPAWN and now - warned.get(ref, 0.0) >= 3.0:
+                    warned[ref] = now
+                    log.warning("still starting an instance of %s after %.1fs: %s", function,
+                                now - began, "; ".join(steps) or "no step yet")
+            for ref in [r for r in warned if r not in self._spawning]:
+                del warned[ref]
 
     # --- the spare -----------------------------------------------------------------------
     def _take_spare(self) -> WorkerProcess | None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import signal
 import statistics
@@ -432,3 +433,32 @@ async def test_a_spawn_takes_the_started_spare_and_a_new_one_is_forked(
         await poll_until(lambda: forks._spare is not None and forks._spare is not third,
                          within=10)
         assert forks.spares_used == 1 and forks.workers == {who}
+
+
+async def test_a_slow_spawn_is_logged_while_it_is_going_and_when_it_ends(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A restart that takes long leaves callers waiting; the node log says where it is."""
+    app = tmp_path / "slow_start.py"
+    app.write_text(textwrap.dedent("""
+        import os, time
+        from runtime import function
+
+        if os.environ.get("STOIC_WORKER") == "1":
+            time.sleep(1.6)  # a slow import, in the function actor process only
+
+        @function
+        def slow_start(event, ctx):
+            return "up"
+    """))
+    spec = load_apps([str(app)])["slow_start"]
+    caplog.set_level(logging.WARNING, logger="stoic.worker")
+    async with ForkServer.open(spare=False) as forks:
+        with anyio.fail_after(15):
+            worker = await forks.spawn(spec)
+        assert value(await worker.execute(req("slow_start"))) == "up"
+    going = [r.getMessage() for r in caplog.records if "still starting" in r.getMessage()]
+    ended = [r.getMessage() for r in caplog.records if "took" in r.getMessage()]
+    assert going and "slow_start" in going[0] and "waiting for pid" in going[0], going
+    assert len(ended) == 1 and "readiness line after" in ended[0], ended
+    assert "ready" in ended[0].rsplit(";", 1)[-1], ended
