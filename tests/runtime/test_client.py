@@ -25,7 +25,12 @@ from runtime import (
 from runtime.wire import InvocationState
 from tests.runtime.test_wire import FakeNode, serve
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("one_event_loop")]
+
+
+@pytest.fixture(scope="module")
+def anyio_backend() -> str:
+    return "asyncio"  # module-scoped: one event loop for the module (see conftest)
 
 
 @pytest.fixture(params=[True, False], ids=["stream", "unary"])

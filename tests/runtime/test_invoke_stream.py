@@ -26,7 +26,12 @@ from runtime._proto.stoic.v1 import invoker_pb2
 from runtime.wire import MAX_BATCH, InvokeRequest, InvokerStub, open_channel
 from tests.runtime.test_wire import FakeNode, serve
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("one_event_loop")]
+
+
+@pytest.fixture(scope="module")
+def anyio_backend() -> str:
+    return "asyncio"  # module-scoped: one event loop for the module (see conftest)
 
 
 class RawStream:

@@ -58,7 +58,12 @@ from runtime.wire import (
     open_channel,
 )
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("one_event_loop")]
+
+
+@pytest.fixture(scope="module")
+def anyio_backend() -> str:
+    return "asyncio"  # module-scoped: one event loop for the module (see conftest)
 
 # ------------------------------------------------------------------ conversion round trips
 

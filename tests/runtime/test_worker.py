@@ -32,7 +32,12 @@ from runtime import (
 from runtime._worker import address_space_limit, exit_reason
 from runtime.wire import ExecuteRequest, ExecuteResult
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("one_event_loop")]
+
+
+@pytest.fixture(scope="module")
+def anyio_backend() -> str:
+    return "asyncio"  # module-scoped: one event loop for the module (see conftest)
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
