@@ -424,23 +424,35 @@ class AsyncClient:
         return render_tree(records)
 
 
-async def _finish_other_tasks() -> None:
-    """What asyncio.run does before closing its loop: cancel the tasks still pending (grpc's
-    own, of calls already cancelled) and let them finish, so none is destroyed pending."""
-    me = asyncio.current_task()
-    tasks = [t for t in asyncio.all_tasks() if t is not me and not t.done()]
-    for task in tasks:
-        task.cancel()
-    if tasks:
-        await asyncio.wait(tasks, timeout=5.0)
+_shared_loop: tuple[asyncio.AbstractEventLoop, threading.Thread] | None = None
+_shared_loop_lock = threading.Lock()
+
+
+def _client_loop() -> asyncio.AbstractEventLoop:
+    """The asyncio event loop every `Client` of this process runs its calls on, in a
+    daemon thread started with the first client and kept for the process's life (an idle
+    loop costs nothing). One loop, not one per client: grpc.aio's poller serves every loop
+    it has seen, and a completion arriving for a client's loop after that loop closed
+    raised "Event loop is closed" inside another client's loop, dropping its events."""
+    global _shared_loop
+    with _shared_loop_lock:
+        if (_shared_loop is None or _shared_loop[0].is_closed()
+                or not _shared_loop[1].is_alive()):  # e.g. in a forked child: no thread
+            loop = asyncio.new_event_loop()
+            thread = threading.Thread(target=loop.run_forever, name="stoic-client",
+                                      daemon=True)
+            thread.start()
+            _shared_loop = (loop, thread)
+        return _shared_loop[0]
 
 
 class Client:
     """The blocking client for plain scripts: same methods and errors as `AsyncClient`.
 
-    It runs an `AsyncClient` on an asyncio event loop in a private thread; use it as a
-    context manager (or call `close()`), which stops the thread. Safe to call from several
-    threads. Ctrl-C while waiting cancels the call in progress.
+    It runs an `AsyncClient` on an asyncio event loop in a daemon thread that all the
+    process's clients share; use it as a context manager (or call `close()`), which
+    closes its channels. Safe to call from several threads. Ctrl-C while waiting cancels
+    the call in progress.
     """
 
     def __init__(
@@ -456,11 +468,7 @@ class Client:
             targets, default_timeout=default_timeout, max_payload_bytes=max_payload_bytes,
             tracing=tracing, multiplex=multiplex,
         )
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(
-            target=self._loop.run_forever, name="stoic-client", daemon=True
-        )
-        self._thread.start()
+        self._loop = _client_loop()
         self._closed = False
 
     @property
@@ -485,18 +493,14 @@ class Client:
             raise
 
     def close(self) -> None:
-        """Close the channels and stop the event loop thread. Idempotent."""
+        """Close the client's channels (calls in progress fail). Idempotent. The event
+        loop thread the clients share stays."""
         if self._closed:
             return
         try:
             self._run(self._async.aclose())
-            self._run(_finish_other_tasks())
         finally:
             self._closed = True
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(timeout=10.0)
-            if not self._thread.is_alive():
-                self._loop.close()
 
     def invoke(self, name: str, event: Any = None, **kwargs: Any) -> InvokeResult:
         """See `AsyncClient.invoke`."""

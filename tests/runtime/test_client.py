@@ -4,6 +4,7 @@ deadlines, metadata, the sync wrapper (also from a plain script) and failover.""
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import textwrap
 import time
@@ -108,6 +109,45 @@ async def test_sync_client_from_a_worker_thread() -> None:
 
         value, error_type = await anyio.to_thread.run_sync(use)
     assert value == [1, 2] and error_type == "ValueError"
+
+
+async def test_sync_clients_share_one_loop_and_closing_one_leaves_the_others_working(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Clients opened and closed in several threads while another keeps calling: every
+    call answers, and asyncio logs nothing (with a loop per client, a late completion for
+    a closed client's loop raised "Event loop is closed" inside another's)."""
+    import threading
+
+    caplog.set_level(logging.ERROR, logger="asyncio")
+    node = FakeNode()
+    results: list[list[object]] = [[] for _ in range(4)]
+    last: list[object] = []
+
+    def clients(target: str) -> None:  # blocking: runs in a thread, off the server's loop
+        with Client(target) as keeper:
+
+            def churn(n: int) -> None:
+                for i in range(15):
+                    with Client(target) as client:
+                        assert client._loop is keeper._loop
+                        results[n].append(client.invoke("echo", [n, i]).value)
+                    results[n].append(keeper.invoke("echo", [n, -i]).value)
+
+            threads = [threading.Thread(target=churn, args=(n,)) for n in range(4)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(timeout=60)
+            last.append(keeper.invoke("echo", "still here").value)
+
+    async with serve(node) as (target, _):
+        with anyio.fail_after(90):
+            await anyio.to_thread.run_sync(clients, target)
+    for n in range(4):
+        assert results[n] == [v for i in range(15) for v in ([n, i], [n, -i])]
+    assert last == ["still here"]
+    assert [r.getMessage() for r in caplog.records if r.name == "asyncio"] == []
 
 
 async def test_sync_client_in_a_plain_script() -> None:
