@@ -1266,7 +1266,11 @@ async def _unary(call: Any) -> Any:
     cancellation as a CancelledError of its own, which an anyio cancel scope would not
     recognize (it would escape `fail_after`/`move_on_after`). So wait on an anyio Event
     set when the call is done, cancel the RPC if that wait is cancelled, and only then
-    collect the (finished) call's result."""
+    collect the (finished) call's result.
+
+    A call that grpc cancelled itself (its channel was closed under it, as when a worker's
+    stream breaks mid-ping) raises AioRpcError CANCELLED here, not grpc's CancelledError:
+    that one, escaping into a task group, would silently cancel the whole group."""
     done = anyio.Event()
     call.add_done_callback(lambda _call: done.set())
     try:
@@ -1274,7 +1278,16 @@ async def _unary(call: Any) -> Any:
     except BaseException:
         call.cancel()
         raise
-    return await call
+    try:
+        if not call.cancelled():
+            return await call
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise  # a real cancellation of ours
+    raise grpc.aio.AioRpcError(
+        grpc.StatusCode.CANCELLED, grpc.aio.Metadata(), grpc.aio.Metadata(),
+        details=_LOCALLY_CANCELLED, debug_error_string="")
 
 
 def error_from_rpc(exc: grpc.aio.AioRpcError) -> StoicError:
@@ -1285,7 +1298,8 @@ def error_from_rpc(exc: grpc.aio.AioRpcError) -> StoicError:
     request never reached the server: safe to send elsewhere), else `ConnectionLost`
     (the connection broke; the server may have run the call). gRPC core's own INTERNAL
     ("Internal error from Core", seen when a stream breaks as its server goes away) is
-    `ConnectionLost` too: the server sent nothing."""
+    `ConnectionLost` too: the server sent nothing; so is a call cancelled under us
+    because its channel closed (see `_unary`)."""
     code = exc.code()
     details = exc.details() or ""
     name = ""
@@ -1300,11 +1314,15 @@ def error_from_rpc(exc: grpc.aio.AioRpcError) -> StoicError:
         return ConnectionLost(details)
     if code is grpc.StatusCode.INTERNAL and not name and details == _CORE_INTERNAL:
         return ConnectionLost(details)
+    if code is grpc.StatusCode.CANCELLED and not name and details == _LOCALLY_CANCELLED:
+        return ConnectionLost(details)
     return error_from_status(code, details, name)
 
 
 #: The details gRPC core gives a call it failed itself (no status came from the server).
 _CORE_INTERNAL = "Internal error from Core"
+#: The details `_unary` gives a call grpc cancelled under us (its channel closed).
+_LOCALLY_CANCELLED = "the call was cancelled locally (its channel closed)"
 
 
 def _metadata(metadata: Mapping[str, str] | None) -> tuple[tuple[str, str], ...] | None:

@@ -652,3 +652,9 @@ def test_transport_failures_map_to_retryable_errors_and_server_statuses_do_not()
     assert type(sent) is InternalError
     assert type(error_from_rpc(rpc(grpc.StatusCode.INTERNAL, "a bug in the node"))) \
         is InternalError
+    # a call grpc cancelled under us because its channel closed (runtime.wire._unary)
+    closed = error_from_rpc(rpc(grpc.StatusCode.CANCELLED,
+                                "the call was cancelled locally (its channel closed)"))
+    assert isinstance(closed, ConnectionLost)
+    assert not isinstance(error_from_rpc(rpc(grpc.StatusCode.CANCELLED, "by the server")),
+                          ConnectionLost)

@@ -286,6 +286,39 @@ async def test_stopped_worker_fails_ping_within_callers_scope(
             assert await worker.wait_exit() == ExitReason.killed("killed by SIGKILL (by the node)")
 
 
+async def test_a_ping_whose_stream_closes_under_it_fails_as_a_crash_not_a_cancellation(
+    specs: dict[str, FunctionSpec],
+) -> None:
+    """The stream closing (the worker died) cancels the ping's RPC inside grpc. That came
+    out of `ping` as grpc's CancelledError, which, in a pool's health-check task, silently
+    cancelled the pool's whole task group: its supervisor and instances were gone and
+    callers waited for a restart that never came."""
+    async with ForkServer.open() as forks:
+        worker = await forks.spawn(specs["hello"])
+        os.kill(worker.pid, signal.SIGSTOP)  # the ping waits: it is in flight below
+        outcome: list[BaseException | None] = []
+        try:
+            async with anyio.create_task_group() as tg:
+
+                async def ping() -> None:
+                    try:
+                        with anyio.fail_after(5):
+                            await worker.ping()
+                        outcome.append(None)
+                    except BaseException as exc:  # noqa: BLE001 - the test looks at it
+                        outcome.append(exc)
+
+                tg.start_soon(ping)
+                await anyio.wait_all_tasks_blocked()
+                await worker._client.aclose()  # what a broken stream's reader does
+        finally:
+            worker.kill()
+        assert len(outcome) == 1 and isinstance(outcome[0], InstanceCrashed), outcome
+        assert "cancelled locally" in str(outcome[0])
+        with anyio.fail_after(5):
+            await worker.wait_exit()
+
+
 async def test_broken_import_fails_the_start_with_the_reason() -> None:
     spec = FunctionSpec.from_json({
         "config": {"name": "broken_import", "timeout": 1.0},
