@@ -183,6 +183,7 @@ class Node:
         self._started_at = time.time()
         self._tg: anyio.abc.TaskGroup | None = None
         self._reconcile_wakeup = anyio.Event()
+        self._pool_deaths: dict[str, list[float]] = {}  # pools that ended unasked: when
         self.membership = Membership(
             store=store,
             me=MemberRecord(node_id=config.node_id, zone=config.zone,
@@ -305,8 +306,32 @@ class Node:
         )
         pool.report_hooks.append(self._on_pool_report)
         self.pools[spec.name] = pool
-        self._tg.start_soon(pool.run)
-        log.info("pool started", extra={"function": spec.name, "node": self.config.node_id})
+        self._tg.start_soon(self._run_pool, pool)
+        log.info("pool started: %s", spec.name,
+                 extra={"function": spec.name, "node": self.config.node_id})
+
+    async def _run_pool(self, pool: FunctionPool) -> None:
+        """Run `pool` until it is stopped. One that ends without being stopped (a bug: it
+        raised, or a stray cancellation took its task group down) is logged and replaced
+        by a new pool for the function, after a backoff that grows while it keeps
+        happening: left alone, the function would keep a pool with no instances that
+        never restarts them, and callers would wait for nothing."""
+        try:
+            await pool.run()
+        except Exception:
+            log.exception("pool %s failed", pool.name)
+        name = pool.spec.name
+        if pool.stop_requested or self.pools.get(name) is not pool:
+            return
+        now = time.monotonic()
+        deaths = [t for t in self._pool_deaths.get(name, []) if now - t < 60.0] + [now]
+        self._pool_deaths[name] = deaths
+        delay = min(10.0, 0.1 * 2 ** (len(deaths) - 1))
+        log.error("pool %s ended without being stopped (%d time(s) in the last minute); "
+                  "starting a new one in %.1fs", pool.name, len(deaths), delay)
+        await anyio.sleep(delay)
+        if self.pools.get(name) is pool:
+            await self._start_pool(pool.spec)
 
     def _on_pool_report(self, function: str, report: Any) -> None:
         if report.kind in ("child_terminated", "start_error"):
@@ -324,7 +349,8 @@ class Node:
         self._unplaced_since.pop(name, None)
         if pool is not None:
             pool.stop()
-            log.info("pool stopped", extra={"function": name, "node": self.config.node_id})
+            log.info("pool stopped: %s", name,
+                     extra={"function": name, "node": self.config.node_id})
 
     # --- peers ---------------------------------------------------------------------
     def _peer(self, address: str) -> tuple[Any, wire.InvokerStub, wire.ControlStub]:

@@ -134,6 +134,10 @@ class FunctionPool:
         """Ask the pool to stop its instances and end `run`. Returns at once."""
         self._stop_requested.set()
 
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop_requested.is_set()
+
     def _signal_capacity(self) -> None:
         self._capacity_changed.set()
         self._capacity_changed = anyio.Event()
@@ -187,7 +191,7 @@ class FunctionPool:
         for _ in range(1_000_000):
             if self.state == "failing":
                 raise self.unavailable_error()
-            if self._stop_requested.is_set():
+            if self._stop_requested.is_set() or self.state == "stopped":
                 raise PoolStopping(f"{self.name}: pool is stopping")
             best: tuple[int, str, Any] | None = None
             for iid, w in self._instances.items():
@@ -280,51 +284,61 @@ class FunctionPool:
         every instance is stopped (SIGTERM, then SIGKILL after its shutdown time)."""
         task_status.started()
         probe_delay = self.config.probe_initial
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(self._ping_loop)
-            if self.config.warm_standby:
-                tg.start_soon(self._standby_loop)
-            for _ in iter(int, 1):
-                if self._stop_requested.is_set():
-                    break
-                sup = await Supervisor.start(tg, SupervisorSpec(
-                    strategy=RestartStrategy.SIMPLE_ONE_FOR_ONE,
-                    intensity=RestartIntensity(max_restarts=self.config.max_restarts,
-                                               period=self.config.restart_period),
-                    name=self.name), on_report=self._on_report)
-                self._sup = sup
-                try:
-                    for _i in range(max(1, int(self.spec.min_instances))):
-                        await sup.start_child(self._child_spec())
-                except ChildStartError as exc:
-                    cause = exc.__cause__
-                    self.last_exit_reason = str(getattr(exc, "reason", "") or cause or exc)
-                    self.restarts += 1
-                    sup.stop()
-                    await sup.wait_exit()
-                else:
-                    self.state = "healthy"
-                    probe_delay = self.config.probe_initial
-                    self._signal_capacity()
-                    async with anyio.create_task_group() as waiters:
-                        waiters.start_soon(self._stop_on_request, sup)
-                        reason = await sup.wait_exit()
-                        waiters.cancel_scope.cancel()
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._ping_loop)
+                if self.config.warm_standby:
+                    tg.start_soon(self._standby_loop)
+                for _ in iter(int, 1):
                     if self._stop_requested.is_set():
                         break
-                    log.warning("%s: supervisor ended (%s)", self.name, reason)
-                # The circuit is open until a probe start succeeds.
-                self.state = "failing"
+                    sup = await Supervisor.start(tg, SupervisorSpec(
+                        strategy=RestartStrategy.SIMPLE_ONE_FOR_ONE,
+                        intensity=RestartIntensity(max_restarts=self.config.max_restarts,
+                                                   period=self.config.restart_period),
+                        name=self.name), on_report=self._on_report)
+                    self._sup = sup
+                    try:
+                        for _i in range(max(1, int(self.spec.min_instances))):
+                            await sup.start_child(self._child_spec())
+                    except ChildStartError as exc:
+                        cause = exc.__cause__
+                        self.last_exit_reason = str(getattr(exc, "reason", "") or cause or exc)
+                        self.restarts += 1
+                        sup.stop()
+                        await sup.wait_exit()
+                    else:
+                        self.state = "healthy"
+                        probe_delay = self.config.probe_initial
+                        self._signal_capacity()
+                        async with anyio.create_task_group() as waiters:
+                            waiters.start_soon(self._stop_on_request, sup)
+                            reason = await sup.wait_exit()
+                            waiters.cancel_scope.cancel()
+                        if self._stop_requested.is_set():
+                            break
+                        log.warning("%s: supervisor ended (%s)", self.name, reason)
+                    # The circuit is open until a probe start succeeds.
+                    self.state = "failing"
+                    self._signal_capacity()
+                    with anyio.move_on_after(probe_delay * (0.8 + 0.4 * self._random.random())):
+                        await self._stop_requested.wait()
+                    probe_delay = min(self.config.probe_max, probe_delay * 2)
+                self.state = "stopped"
                 self._signal_capacity()
-                with anyio.move_on_after(probe_delay * (0.8 + 0.4 * self._random.random())):
-                    await self._stop_requested.wait()
-                probe_delay = min(self.config.probe_max, probe_delay * 2)
+                if self._spare is not None:
+                    self._spare.kill()
+                    self._spare = None
+                tg.cancel_scope.cancel()
+        finally:
+            # also when the task group ended some other way (a bug): callers waiting
+            # for an instance are turned away (PoolStopping) instead of waiting for one
+            # that never comes, and the node replaces the pool
             self.state = "stopped"
             self._signal_capacity()
             if self._spare is not None:
                 self._spare.kill()
                 self._spare = None
-            tg.cancel_scope.cancel()
 
     async def _stop_on_request(self, sup: Supervisor) -> None:
         await self._stop_requested.wait()

@@ -132,3 +132,81 @@ async def test_a_peer_whose_pool_is_stopping_hands_the_request_to_the_next_peer(
     request = wire.InvokeRequest(function="echo", payload=b"1")
     assert await node.dispatch(spec, request, "inv-3", None) == "answered by c1"
     assert tried == [("b1", 1), ("c1", 1)]
+
+
+class _StandInInstance:
+    """An instance as a pool sees it (the Child interface plus ping), in process."""
+
+    def __init__(self, pid: int, stray_cancel: bool) -> None:
+        import anyio
+
+        self.pid = pid
+        self.exit_reason: Any = None
+        self._exited = anyio.Event()
+        self._stray_cancel = stray_cancel
+        self.name = f"echo[{pid}]"
+
+    async def ping(self) -> None:
+        if self._stray_cancel:
+            import asyncio
+
+            raise asyncio.CancelledError()  # as grpc.aio's own, raised by nobody's cancel
+        return None
+
+    async def wait_exit(self) -> Any:
+        await self._exited.wait()
+        return self.exit_reason
+
+    def kill(self) -> None:
+        from runtime import ExitReason
+
+        if self.exit_reason is None:
+            self.exit_reason = ExitReason.killed()
+            self._exited.set()
+
+    stop = kill
+
+
+@pytest.mark.anyio
+async def test_a_pool_whose_task_group_died_is_turned_away_and_replaced(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A stray CancelledError in a pool's health check once cancelled the pool's whole task
+    group without a word: its instances were gone, yet the node kept the pool and callers
+    waited for an instance until their timeout. Now the dead pool turns callers away
+    (PoolStopping: re-routed) and the node logs it and starts a new pool."""
+    import logging
+
+    import anyio
+
+    from supervisor._pool import PoolConfig
+
+    caplog.set_level(logging.ERROR, logger="stoic.node")
+    spawned: list[_StandInInstance] = []
+
+    def spawner_factory(spec: Any) -> Any:
+        async def spawn(instance_id: str) -> _StandInInstance:
+            # the first pool's first instance makes its health check blow up
+            spawned.append(_StandInInstance(1000 + len(spawned), stray_cancel=not spawned))
+            return spawned[-1]
+        return spawn
+
+    config = NodeConfig(node_id="a1", zone="a", pool=PoolConfig(ping_interval=0.01))
+    node = Node(config, MemoryStore(), spawner_factory=spawner_factory)
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            node._tg = tg
+            await node._start_pool(ECHO)
+            first = node.pools["echo"]
+            while node.pools["echo"] is first:  # noqa: ASYNC110 - polled, bounded above
+                await anyio.sleep(0.01)
+            assert first.state == "stopped"
+            with pytest.raises(PoolStopping):
+                await first.invoke(wire.ExecuteRequest("inv", 1, "echo"), None)
+            second = node.pools["echo"]
+            await second.wait_started()
+            assert second.state == "healthy" and len(spawned) == 2
+            assert spawned[0].exit_reason is not None  # the dead pool's instance is gone
+            second.stop()
+            tg.cancel_scope.cancel()
+    assert any("ended without being stopped" in r.getMessage() for r in caplog.records)
