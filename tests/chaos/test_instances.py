@@ -18,6 +18,7 @@ from tests.fixtures.ports import poll
 
 ZONES = ("a", "b", "c")
 APPS = (str(ROOT / "examples" / "hello.py"),)
+STOP_STEPS = {2, 4, 9, 10, 14}  # zones c, b, a, b, c; the other ten steps SIGKILL
 
 
 def _instances(c: Client, function: str) -> dict[str, list[int]]:
@@ -56,8 +57,8 @@ def _load(target: list[str], stop: threading.Event, counts: Counter[str],
 @pytest.mark.slow
 def test_killed_and_stopped_instances_under_load_fail_no_call(tmp_path: Path) -> None:
     """Every second, one `whoami` instance (round-robin over the zones, so each pool is hit
-    every 3 s, under its restart intensity of 5 in 10 s) is SIGKILLed, or every third
-    time SIGSTOPped (a hang: health pings find it and it is replaced). Six clients call
+    every 3 s, under its restart intensity of 5 in 10 s) is SIGKILLed, or five times in
+    fifteen SIGSTOPped (a hang: health pings find it and it is replaced). Six clients call
     `whoami` all along. Every call must be answered, correctly; re-runs are counted."""
     with running_cluster(tmp_path, zones=ZONES, apps=APPS) as cluster:
         with Client(cluster.addresses) as c:
@@ -83,7 +84,7 @@ def test_killed_and_stopped_instances_under_load_fail_no_call(tmp_path: Path) ->
                     pid = poll(lambda zone=zone: (_instances(c, "whoami").get(zone) or [0])[0],
                                timeout=15, what=f"a whoami instance in zone {zone}")
                     waited.append(time.monotonic() - began)
-                    if step % 3 == 2:
+                    if step in STOP_STEPS:
                         os.kill(pid, signal.SIGSTOP)
                         stopped.append(pid)
                         actions["SIGSTOP"] += 1
