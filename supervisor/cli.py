@@ -379,6 +379,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:
+        # all of the rest is the benchmark's (argparse's REMAINDER would refuse a first
+        # argument that looks like an option: `stoic bench -h`, `stoic bench --rounds 5 x`)
+        return cmd_bench(argparse.Namespace(bench_args=argv[1:]))
     args = build_parser().parse_args(argv)
     try:
         code: int = args.func(args)

@@ -32,3 +32,16 @@ def test_stoic_bench_smoke(args: list[str], tmp_path: Path) -> None:
     if args[0] == "tracing":  # the export mode's spans reached the sink process
         assert figures["tracing"]["spans_received"] > 0
         assert figures["tracing"]["stoic_cpu_us_per_call"]["OTLP export"] > 0
+
+
+def test_stoic_bench_help_and_options_first() -> None:
+    """All after `bench` is the benchmark's, even when it starts with an option."""
+    from supervisor.cli import main
+
+    for argv in (["bench", "-h"], ["bench", "--rounds", "2", "-h"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 0
+    bad = subprocess.run([sys.executable, "-m", "supervisor.cli", "bench", "--rounds", "2",
+                          "nosuch"], cwd=str(ROOT), capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "invalid choice: 'nosuch'" in bad.stderr, bad.stderr
