@@ -27,15 +27,16 @@ async def test_a_stall_is_logged_with_the_blocking_stack(caplog: pytest.LogCaptu
             while not any("ran again" in r.getMessage() for r in caplog.records):  # noqa: ASYNC110 - polls the log, bounded
                 await anyio.sleep(0.02)
         tg.cancel_scope.cancel()
-    assert watch.stalls == 1
+    # (one stall; a loaded machine may add one of its own, but not inside our call)
+    assert 1 <= watch.stalls <= 2
     stalled = [r.getMessage() for r in caplog.records if "stalled" in r.getMessage()]
-    assert len(stalled) == 1 and "_blocks_the_loop" in stalled[0], stalled
+    assert any("_blocks_the_loop" in m for m in stalled), stalled
 
 
 @pytest.mark.anyio
 async def test_a_loop_that_keeps_running_is_not_reported(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, logger="stoic.node")
-    watch = LoopWatch(threshold=0.5, tick=0.05)
+    watch = LoopWatch(threshold=1.0, tick=0.05)  # generous: a loaded CI machine
     async with anyio.create_task_group() as tg:
         await tg.start(watch.run)
         deadline = time.monotonic() + 1.0
