@@ -283,52 +283,12 @@ class FunctionPool:
         probe with backoff until a start succeeds. Until cancelled or `stop`ped; then
         every instance is stopped (SIGTERM, then SIGKILL after its shutdown time)."""
         task_status.started()
-        probe_delay = self.config.probe_initial
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._ping_loop)
                 if self.config.warm_standby:
                     tg.start_soon(self._standby_loop)
-                for _ in iter(int, 1):
-                    if self._stop_requested.is_set():
-                        break
-                    sup = await Supervisor.start(tg, SupervisorSpec(
-                        strategy=RestartStrategy.SIMPLE_ONE_FOR_ONE,
-                        intensity=RestartIntensity(max_restarts=self.config.max_restarts,
-                                                   period=self.config.restart_period),
-                        name=self.name), on_report=self._on_report)
-                    self._sup = sup
-                    try:
-                        for _i in range(max(1, int(self.spec.min_instances))):
-                            await sup.start_child(self._child_spec())
-                    except ChildStartError as exc:
-                        cause = exc.__cause__
-                        self.last_exit_reason = str(getattr(exc, "reason", "") or cause or exc)
-                        self.restarts += 1
-                        sup.stop()
-                        await sup.wait_exit()
-                    else:
-                        self.state = "healthy"
-                        probe_delay = self.config.probe_initial
-                        self._signal_capacity()
-                        async with anyio.create_task_group() as waiters:
-                            waiters.start_soon(self._stop_on_request, sup)
-                            reason = await sup.wait_exit()
-                            waiters.cancel_scope.cancel()
-                        if self._stop_requested.is_set():
-                            break
-                        log.warning("%s: supervisor ended (%s)", self.name, reason)
-                    # The circuit is open until a probe start succeeds.
-                    self.state = "failing"
-                    self._signal_capacity()
-                    with anyio.move_on_after(probe_delay * (0.8 + 0.4 * self._random.random())):
-                        await self._stop_requested.wait()
-                    probe_delay = min(self.config.probe_max, probe_delay * 2)
-                self.state = "stopped"
-                self._signal_capacity()
-                if self._spare is not None:
-                    self._spare.kill()
-                    self._spare = None
+                await self._supervise(tg)
                 tg.cancel_scope.cancel()
         finally:
             # also when the task group ended some other way (a bug): callers waiting
@@ -339,6 +299,44 @@ class FunctionPool:
             if self._spare is not None:
                 self._spare.kill()
                 self._spare = None
+
+    async def _supervise(self, tg: anyio.abc.TaskGroup) -> None:
+        """Run instance supervisors in `tg` until a stop is requested: a fresh one after
+        each gives up (the circuit is open meanwhile), after a backoff with jitter."""
+        probe_delay = self.config.probe_initial
+        while not self._stop_requested.is_set():
+            sup = await Supervisor.start(tg, SupervisorSpec(
+                strategy=RestartStrategy.SIMPLE_ONE_FOR_ONE,
+                intensity=RestartIntensity(max_restarts=self.config.max_restarts,
+                                           period=self.config.restart_period),
+                name=self.name), on_report=self._on_report)
+            self._sup = sup
+            try:
+                for _i in range(max(1, int(self.spec.min_instances))):
+                    await sup.start_child(self._child_spec())
+            except ChildStartError as exc:
+                cause = exc.__cause__
+                self.last_exit_reason = str(getattr(exc, "reason", "") or cause or exc)
+                self.restarts += 1
+                sup.stop()
+                await sup.wait_exit()
+            else:
+                self.state = "healthy"
+                probe_delay = self.config.probe_initial
+                self._signal_capacity()
+                async with anyio.create_task_group() as waiters:
+                    waiters.start_soon(self._stop_on_request, sup)
+                    reason = await sup.wait_exit()
+                    waiters.cancel_scope.cancel()
+                if self._stop_requested.is_set():
+                    return
+                log.warning("%s: supervisor ended (%s)", self.name, reason)
+            # The circuit is open until a probe start succeeds.
+            self.state = "failing"
+            self._signal_capacity()
+            with anyio.move_on_after(probe_delay * (0.8 + 0.4 * self._random.random())):
+                await self._stop_requested.wait()
+            probe_delay = min(self.config.probe_max, probe_delay * 2)
 
     async def _stop_on_request(self, sup: Supervisor) -> None:
         await self._stop_requested.wait()

@@ -3,12 +3,15 @@ goes when the local pool turns it away."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from types import SimpleNamespace
 from typing import Any
 
+import anyio
 import pytest
 
-from runtime import MemoryStore, PoolStopping, Tracing, wire
+from runtime import ExitReason, MemoryStore, PoolStopping, Tracing, wire
 from supervisor._async import QUEUE
 from supervisor._node import Node, NodeConfig, TracedStore
 
@@ -138,8 +141,6 @@ class _StandInInstance:
     """An instance as a pool sees it (the Child interface plus ping), in process."""
 
     def __init__(self, pid: int, stray_cancel: bool) -> None:
-        import anyio
-
         self.pid = pid
         self.exit_reason: Any = None
         self._exited = anyio.Event()
@@ -148,8 +149,6 @@ class _StandInInstance:
 
     async def ping(self) -> None:
         if self._stray_cancel:
-            import asyncio
-
             raise asyncio.CancelledError()  # as grpc.aio's own, raised by nobody's cancel
         return None
 
@@ -158,8 +157,6 @@ class _StandInInstance:
         return self.exit_reason
 
     def kill(self) -> None:
-        from runtime import ExitReason
-
         if self.exit_reason is None:
             self.exit_reason = ExitReason.killed()
             self._exited.set()
@@ -175,10 +172,6 @@ async def test_a_pool_whose_task_group_died_is_turned_away_and_replaced(
     group without a word: its instances were gone, yet the node kept the pool and callers
     waited for an instance until their timeout. Now the dead pool turns callers away
     (PoolStopping: re-routed) and the node logs it and starts a new pool."""
-    import logging
-
-    import anyio
-
     from supervisor._pool import PoolConfig
 
     caplog.set_level(logging.ERROR, logger="stoic.node")
