@@ -13,6 +13,7 @@ submits return the same invocation.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
@@ -230,6 +231,15 @@ class AsyncInvocations:
             await self._process(item)
         except Exception:
             log.exception("async invocation item %s failed in the consumer", item.id)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is None or task.cancelling():
+                raise  # a real cancellation: the node is stopping
+            # A CancelledError nobody asked for (grpc.aio raises its own for a call it
+            # cancelled): escaping, it would silently cancel the consumer's task group and
+            # end consuming on this node. The item's lease lapses and it runs again.
+            log.error("async invocation item %s: a stray CancelledError ended its run; "
+                      "it runs again when its lease lapses", item.id)
         finally:
             self._slots.release()
 
