@@ -35,6 +35,7 @@ delay) and each attempt counts as a restart towards the intensity, as OTP's
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import random
@@ -508,7 +509,16 @@ class Supervisor:
     async def _start_entry(self, entry: _Entry) -> None:
         """Start one child and watch it. Raises ChildStartError (reported)."""
         try:
-            child = await entry.spec.start()
+            try:
+                child = await entry.spec.start()
+            except asyncio.CancelledError as exc:
+                # asyncio only: a CancelledError that no cancel scope asked for (grpc.aio
+                # raises its own for a call it cancelled) is the start's failure; let
+                # out, it would silently cancel the task group the supervisor runs in
+                task = asyncio.current_task()
+                if task is None or task.cancelling():
+                    raise
+                raise RuntimeError("the start raised a stray CancelledError") from exc
             if not isinstance(child, Child):
                 raise TypeError(f"start returned {child!r}, which is not a Child")
         except Exception as exc:

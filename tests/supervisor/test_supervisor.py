@@ -6,6 +6,7 @@ Runs on trio's MockClock (virtual time; times asserted exactly). Children are `F
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 from collections.abc import Awaitable, Callable
@@ -635,3 +636,32 @@ async def test_intensity_in_real_time_on_both_backends() -> None:
                 await settle()
             assert await sup.wait_exit() == ExitReason.error("reached_max_restart_intensity")
         assert kids.starts() == ["a", "a", "a"]
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_a_stray_cancelled_error_from_a_start_is_a_start_error() -> None:
+    """A CancelledError that no cancel scope asked for (grpc.aio raises its own for a call
+    it cancelled) out of a child's start is that start's failure, retried as any other:
+    escaping, it would have silently cancelled the task group the supervisor runs in."""
+    kids = Kids()
+    reports: list[Report] = []
+    stray = [True]
+
+    async def start() -> Any:
+        if stray:
+            stray.pop()
+            raise asyncio.CancelledError()
+        return await kids.spec("a").start()
+
+    async with anyio.create_task_group() as tg:
+        sup = await Supervisor.start(tg, SupervisorSpec(
+            strategy=RestartStrategy.SIMPLE_ONE_FOR_ONE, name="pool"),
+            on_report=reports.append)
+        with pytest.raises(ChildStartError, match="stray CancelledError"):
+            await sup.start_child(ChildSpec("a", start))
+        assert not sup.ended  # still serving
+        child = await sup.start_child(ChildSpec("a", start))
+        assert child is kids.current["a"]
+        sup.stop()
+        await sup.wait_exit()
+    assert [r.kind for r in reports] == ["start_error", "child_started"]
