@@ -700,3 +700,49 @@ def test_a_handler_s_spans_hang_under_its_handler_span_made_only_on_first_use() 
     orphan.start_span("alone").end()
     assert orphan.handler_span_id == 0
     assert next(s for s in exported.get_finished_spans() if s.name == "alone").parent is None
+
+
+def test_the_exporter_child_s_reader_polls_and_reassembles_frames() -> None:
+    """The child reads its pipe without blocking (so the node's writes never have to wake
+    it): frames split across writes come out whole, `ready` times out on an empty pipe
+    and sees the end of input, and a malformed header ends the stream."""
+    import struct
+    import time
+
+    from runtime._tracing.shipper import _FrameReader
+
+    read_fd, write_fd = os.pipe()
+    try:
+        reader = _FrameReader(read_fd, poll=0.005)
+        started = time.monotonic()
+        assert reader.ready(0.03) is False  # nothing there: waited, then said no
+        assert time.monotonic() - started >= 0.03
+        frame = struct.pack(">cI", b"M", 5) + b"hello"
+        os.write(write_fd, frame[:3])
+        assert reader.ready(0.0) is False  # half a header is not a frame
+        os.write(write_fd, frame[3:] + struct.pack(">cI", b"F", 1) + b"7")
+        assert reader.ready(0.0) is True
+        frames = iter(reader)
+        assert next(frames) == (b"M", b"hello")
+        assert next(frames) == (b"F", b"7")
+        late = threading.Timer(0.02, lambda: os.write(write_fd, frame))
+        late.start()
+        assert next(frames) == (b"M", b"hello")  # polled until it came
+        late.join()
+        os.write(write_fd, b"X\x00\x00\x00\x01z")
+        assert list(frames) == []  # a malformed header ends it
+    finally:
+        os.close(write_fd)
+        os.close(read_fd)
+    read_fd, write_fd = os.pipe()
+    try:
+        reader = _FrameReader(read_fd, poll=0.005)
+        os.write(write_fd, struct.pack(">cI", b"M", 9) + b"part")
+        os.close(write_fd)
+        write_fd = -1
+        assert reader.ready(5.0) is True  # the end counts as ready, at once
+        assert list(reader) == []  # a partial frame at the end is the end
+    finally:
+        if write_fd >= 0:
+            os.close(write_fd)
+        os.close(read_fd)
