@@ -182,7 +182,8 @@ class Encoder:
     def __init__(self, cache_size: int = 4096) -> None:
         self._cache_size = cache_size
         self._attrs: dict[tuple[str, Any, type], bytes] = {}  # -> Span.attributes field
-        self._heads: dict[tuple[str, int], bytes] = {}  # (name, kind) -> name + kind fields
+        # (name, kind, status code, description, parent remote) -> those fields
+        self._heads: dict[tuple[str, int, int, str, bool], bytes] = {}
         self._resources: dict[int, bytes] = {}  # number -> ResourceSpans.resource field
         self._scopes: dict[str, bytes] = {}  # scope name -> ScopeSpans.scope field
         # the request being built: (resource number, scope name) -> Span fields
@@ -193,7 +194,7 @@ class Encoder:
         vtype = type(value)
         if vtype is not str and vtype is not int and vtype is not bool and vtype is not float:
             return _field(b"\x4a", _key_value(key, value))
-        ck = (key, value, vtype)
+        ck = (key, value, vtype)  # what `span` looks up
         hit = self._attrs.get(ck)
         if hit is None:
             if len(self._attrs) >= self._cache_size:
@@ -201,30 +202,51 @@ class Encoder:
             hit = self._attrs[ck] = _field(b"\x4a", _key_value(key, value))
         return hit
 
+    def _fixed(self, name: str, kind: int, code: int, description: str,
+               remote: bool) -> bytes:
+        """The fields of a span that repeat from call to call: name (5), kind (6), status
+        (15) and flags (16), cached. (Protobuf fields may come in any order.)"""
+        key = (name, kind, code, description, remote)
+        hit = self._heads.get(key)
+        if hit is None:
+            if len(self._heads) >= self._cache_size:
+                self._heads.clear()
+            if not code and not description:
+                status = b"\x7a\x00"  # present and empty, as the SDK's encoder sends it
+            else:
+                body = _string(b"\x12", description) if description else b""
+                if 0 < code < 3:
+                    body += b"\x18" + _SMALL[code]
+                status = _field(b"\x7a", body)
+            hit = self._heads[key] = (
+                _string(b"\x2a", name) + b"\x30" + _SMALL[kind + 1 if 0 <= kind < 5 else 0]
+                + status + (_FLAGS_REMOTE if remote else _FLAGS_LOCAL))
+        return hit
+
     def span(self, item: Sequence[Any]) -> bytes:
         """One Span message's body, from a `span_item` tuple."""
         (name, trace_id, span_id, state, parent_id, parent_remote, kind, start, end,
          attributes, events, links, code, description, _, _) = item
-        head = self._heads.get((name, kind))
-        if head is None:
-            if len(self._heads) >= self._cache_size:
-                self._heads.clear()
-            head = self._heads[(name, kind)] = (
-                _string(b"\x2a", name) + b"\x30" + _SMALL[kind + 1 if 0 <= kind < 5 else 0])
+        remote = bool(parent_id and parent_remote)
+        fixed = self._heads.get((name, kind, code, description, remote))
+        if fixed is None:
+            fixed = self._fixed(name, kind, code, description, remote)
         # trace_id (1), span_id (2) and parent_span_id (4) in one pack: ids are their
-        # big-endian bytes; then the name and kind, and the fixed64 times (7, 8)
-        if state:
-            parts = [_PACK_TRACE_SPAN(_T1, trace_id >> 64, trace_id & _MASK64, _T2, span_id),
-                     _string(b"\x1a", state)]
-            if parent_id:
-                parts.append(b"\x22\x08" + parent_id.to_bytes(8, "big"))
-        elif parent_id:
-            parts = [_PACK_IDS(_T1, trace_id >> 64, trace_id & _MASK64, _T2, span_id, _T4,
-                               parent_id)]
+        # big-endian bytes; the fixed64 times (7, 8) in another
+        if parent_id and not state:
+            ids = _PACK_IDS(_T1, trace_id >> 64, trace_id & _MASK64, _T2, span_id, _T4,
+                            parent_id)
         else:
-            parts = [_PACK_TRACE_SPAN(_T1, trace_id >> 64, trace_id & _MASK64, _T2, span_id)]
-        parts += (head, _PACK_TIMES(_T7, start, _T8, end or start))
+            ids = _PACK_TRACE_SPAN(_T1, trace_id >> 64, trace_id & _MASK64, _T2, span_id)
+            if state:
+                ids += _string(b"\x1a", state)
+                if parent_id:
+                    ids += b"\x22\x08" + parent_id.to_bytes(8, "big")
+        times = _PACK_TIMES(_T7, start, _T8, end or start)
+        parts = [ids, fixed, times]
         if attributes:
+            # the attribute fields (9), cached by key, value and type (a plain loop: in
+            # Python 3.11, cheaper here than map/zip or a comprehension)
             attrs = self._attrs
             for key, value in attributes.items():
                 vtype = type(value)
@@ -242,14 +264,6 @@ class Encoder:
                     b"\x12\x08", link_span.to_bytes(8, "big"),
                     *_attribute_fields(link_attributes, b"\x22"),
                     b"\x35", _PACK_I(0x300 if link_remote else 0x100)])))
-        if not code and not description:
-            parts.append(b"\x7a\x00")  # present and empty, as the SDK's encoder sends it
-        else:
-            body = _string(b"\x12", description) if description else b""
-            if 0 < code < 3:
-                body += b"\x18" + _SMALL[code]
-            parts.append(_field(b"\x7a", body))
-        parts.append(_FLAGS_REMOTE if parent_id and parent_remote else _FLAGS_LOCAL)
         return b"".join(parts)
 
     def _scope(self, name: str) -> bytes:
