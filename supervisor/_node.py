@@ -493,8 +493,8 @@ class Node:
                                  and self.config.node_id not in excluded)
                     peers = [] if use_local else self._candidates(spec.name, excluded)
                     target = "local" if use_local else (peers[0].node_id if peers else "none")
-                    self.tracing.record_span("stoic.route", span, routed_at, time.time_ns(),
-                                             {**attrs, "stoic.route.target": target})
+                    self.tracing.record_route(span, routed_at, time.time_ns(), spec.name,
+                                              invocation_id, attempt, target)
                     if use_local:
                         try:
                             return await self._run_local(spec, request, invocation_id, attempt,
@@ -595,9 +595,7 @@ class Node:
             waiting.discard(span)
         if result.timing is not None:
             self.tracing.record_worker_spans(
-                span, result.timing,
-                {ATTR_FUNCTION: spec.name, ATTR_INVOCATION_ID: invocation_id,
-                 ATTR_ATTEMPT: attempt},
+                span, result.timing, spec.name, invocation_id, attempt,
                 result.error.type if result.error is not None else None)
         return wire.InvokeResult(
             invocation_id=invocation_id, payload=result.payload,

@@ -1,9 +1,9 @@
 """A bounded, local record of finished spans, and a tree view of them for `stoic trace ID`.
 
 Every node keeps its own last N spans so that a trace can be looked at without Jaeger.
-It keeps them as span items (`otlp_wire.span_item`'s flat tuples, the same tuple the
-exporter pipe carries), so a span that ends costs one tuple whether it is recorded, exported
-or both. Look-ups turn items into `SpanRecord`s: small frozen dataclasses of plain values
+It keeps them as span items (`otlp_wire.span_item`'s flat tuples, or a compact item that
+stands for a route or a worker's two spans: the same tuples the exporter pipe carries), so a
+span that ends costs one tuple whether it is recorded, exported or both. Look-ups turn items into `SpanRecord`s: small frozen dataclasses of plain values
 (`to_dict`/`from_dict` give JSON-safe dicts) that a Control API call can ship between
 nodes; `render_tree` accepts the union of records gathered from several nodes.
 """
@@ -21,7 +21,14 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.trace import SpanKind, StatusCode
 
-from runtime._tracing.otlp_wire import span_item
+from runtime._tracing.otlp_wire import (
+    ATTR_ATTEMPT,
+    ATTR_FUNCTION,
+    ATTR_INVOCATION_ID,
+    expand_item,
+    item_invocation,
+    span_item,
+)
 
 __all__ = [
     "ATTR_ATTEMPT",
@@ -36,9 +43,6 @@ __all__ = [
     "render_tree",
 ]
 
-ATTR_INVOCATION_ID = "stoic.invocation_id"
-ATTR_FUNCTION = "stoic.function"
-ATTR_ATTEMPT = "stoic.attempt"
 ATTR_ROLE = "stoic.role"
 #: Human-readable reason on supervisor events ("killed by SIGKILL"), shown by render_tree.
 ATTR_REASON = "stoic.reason"
@@ -243,7 +247,8 @@ class LocalRecorder(SpanProcessor):
         return []
 
     def _records(self, items: Iterable[tuple[Any, ...]]) -> list[SpanRecord]:
-        return sorted((SpanRecord.from_item(item, self.resources) for item in items),
+        return sorted((SpanRecord.from_item(span, self.resources)
+                       for item in items for span in expand_item(item)),
                       key=lambda r: r.start)
 
     def spans_for_trace(self, trace_id: str | int) -> list[SpanRecord]:
@@ -257,8 +262,7 @@ class LocalRecorder(SpanProcessor):
         handler, store calls — and linked supervisor spans tagged with it are included).
         Ordered by start time; `[]` if nothing is known here."""
         items = self._snapshot()
-        traces = {item[1] for item in items
-                  if item[9] and item[9].get(ATTR_INVOCATION_ID) == invocation_id}
+        traces = {item[1] for item in items if item_invocation(item) == invocation_id}
         return self._records(item for item in items if item[1] in traces)
 
     def clear(self) -> None:

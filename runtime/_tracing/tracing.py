@@ -36,6 +36,15 @@ from runtime._tracing.config import (
     sdk_disabled,
 )
 from runtime._tracing.lean import LeanSpan, QuietSpan
+from runtime._tracing.otlp_wire import (
+    ATTR_ATTEMPT,
+    ATTR_FUNCTION,
+    ATTR_PID,
+    ATTR_ROUTE_TARGET,
+    EXECUTE,
+    HANDLER,
+    ROUTE,
+)
 from runtime._tracing.propagation import ParentLike, remote_parent, to_context
 from runtime._tracing.recorder import (
     ATTR_INVOCATION_ID,
@@ -487,11 +496,30 @@ class Tracing:
                    start_time, end_time, dict(attributes), None, None, _UNSET_CODE, "",
                    self.resource_number, _SCOPE))
 
+    def record_route(self, parent: trace.Span, start_time: int, end_time: int,
+                     function: str, invocation_id: str, attempt: int, target: str) -> None:
+        """Record the routing decision of one attempt (`stoic.route`, child of `parent`,
+        from `start_time` to `end_time`, unix ns; `target` "local", a node id or "none"):
+        one compact item (`otlp_wire.route_item`). Nothing if `parent` is not sampled."""
+        if not self._lean:
+            self.record_span(ROUTE, parent, start_time, end_time,
+                             {ATTR_FUNCTION: function, ATTR_INVOCATION_ID: invocation_id,
+                              ATTR_ATTEMPT: attempt, ATTR_ROUTE_TARGET: target})
+            return
+        ids = self._sampled_parent(parent)
+        if ids is None:
+            return
+        trace_id, parent_id, state = ids
+        self.emit(("r", trace_id, _new_span_id(), state, parent_id, start_time, end_time,
+                   function, invocation_id, attempt, target, self.resource_number))
+
     def record_worker_spans(
         self,
         parent: trace.Span,
         timing: WorkerTimingLike,
-        attributes: Mapping[str, str | int],
+        function: str,
+        invocation_id: str,
+        attempt: int,
         error: str | None = None,
     ) -> None:
         """Record the worker's `stoic.worker.execute` and `stoic.handler` spans of one
@@ -500,36 +528,35 @@ class Tracing:
         shows the worker) and, when exporting, in the export queue, with a resource that
         says `stoic.role=worker`. The worker measured the times, and chose the handler
         span's id when its handler made spans of its own (their parent); ids it left 0 are
-        chosen here. So the worker pays no span machinery per call. `error`: the
-        handler's exception type, if any."""
+        chosen here. So the worker pays no span machinery per call, and the node one
+        compact item (`otlp_wire.worker_item`). `error`: the handler's exception type, if
+        any. Attributes: function, invocation id, attempt and the worker's `process.pid`."""
         ids = self._sampled_parent(parent)
         if ids is None:
             return
         trace_id, parent_id, state = ids
-        attrs = {**attributes, "process.pid": timing.pid}
         execute_id = timing.execute_span_id or _new_span_id()
         handler_id = timing.handler_span_id or _new_span_id()
         if self._lean:
-            number = self._worker_number
-            emit = self.emit
-            emit(("stoic.worker.execute", trace_id, execute_id, state, parent_id, False,
-                  _SERVER, timing.execute_start, timing.execute_end, attrs, None, None,
-                  _UNSET_CODE, "", number, _SCOPE))
-            emit(("stoic.handler", trace_id, handler_id, state, execute_id, False, _INTERNAL,
-                  timing.handler_start, timing.handler_end, attrs, None, None,
-                  _ERROR_CODE if error else _UNSET_CODE, error or "", number, _SCOPE))
+            self.emit(("w", trace_id, execute_id, state, parent_id, handler_id,
+                       timing.execute_start, timing.handler_start, timing.handler_end,
+                       timing.execute_end, function, invocation_id, attempt, timing.pid,
+                       error or "", self._worker_number, _SCOPE))
             return
+        attrs: dict[str, str | int] = {ATTR_FUNCTION: function,
+                                       ATTR_INVOCATION_ID: invocation_id,
+                                       ATTR_ATTEMPT: attempt, ATTR_PID: timing.pid}
         pctx = parent.get_span_context()
         flags = pctx.trace_flags
         execute_ctx = trace.SpanContext(trace_id, execute_id, False, flags, pctx.trace_state)
         handler_ctx = trace.SpanContext(trace_id, handler_id, False, flags, pctx.trace_state)
         execute = ReadableSpan(
-            name="stoic.worker.execute", context=execute_ctx, parent=pctx,
+            name=EXECUTE, context=execute_ctx, parent=pctx,
             resource=self._worker_resource, attributes=attrs, kind=SpanKind.SERVER,
             start_time=timing.execute_start, end_time=timing.execute_end,
             instrumentation_scope=self.scope)
         handler = ReadableSpan(
-            name="stoic.handler", context=handler_ctx, parent=execute_ctx,
+            name=HANDLER, context=handler_ctx, parent=execute_ctx,
             resource=self._worker_resource, attributes=attrs,
             status=Status(StatusCode.ERROR, error) if error else Status(StatusCode.UNSET),
             start_time=timing.handler_start, end_time=timing.handler_end,

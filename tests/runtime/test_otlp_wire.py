@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
@@ -163,3 +164,67 @@ def test_an_attribute_marshal_refuses_is_sent_as_its_str() -> None:
     assert [v.string_value or v.int_value for v in
             next(kv for kv in span.attributes if kv.key == "n").value.array_value.values] == \
         [1, "odd-value"]
+
+
+def _sdk_span(item: Any) -> ReadableSpan:
+    """The SDK's ReadableSpan for a span item (to encode with the SDK's encoder)."""
+    (name, trace_id, span_id, state, parent_id, remote, kind, start, end, attributes, _, _,
+     code, description, resource, scope) = item
+    trace_state = TraceState.from_header([state]) if state else None
+    sampled = TraceFlags(TraceFlags.SAMPLED)
+    return ReadableSpan(
+        name=name, context=SpanContext(trace_id, span_id, False, sampled, trace_state),
+        parent=SpanContext(trace_id, parent_id, remote, sampled, trace_state),
+        resource=(NODE, WORKER)[resource], kind=SpanKind(kind), start_time=start,
+        end_time=end, attributes=attributes,
+        status=Status(StatusCode(code), description or None),
+        instrumentation_scope=InstrumentationScope(scope))
+
+
+@pytest.mark.parametrize("state", ["", "vendor=x1"])
+@pytest.mark.parametrize("error", ["", "ValueError"])
+def test_compact_route_and_worker_items_encode_as_their_spans(state: str, error: str) -> None:
+    """A route item and a worker item (one tuple for a worker's two spans) stand for the
+    spans `expand_item` gives: names, kinds, parents, times, attributes (in the order a
+    dict of them would have), the handler's error status and the tracestate, encoded
+    through marshal as the SDK encodes those spans; the recorder finds them by invocation
+    id and trace id and shows the spans."""
+    import marshal
+
+    from runtime._tracing.otlp_wire import expand_item, route_item, worker_item
+    from runtime._tracing.recorder import LocalRecorder, ResourceTable
+
+    invocation = "cd" * 16
+    route = route_item(TRACE, 0x11, state, 0x10, 100, 105, "echo", invocation, 2, "local", 0)
+    worker = worker_item(TRACE, state, 0x10, 0x12, 0x13, 110, 112, 118, 120, "echo",
+                         invocation, 2, 4242, error, 1)
+    spans = expand_item(route) + expand_item(worker)
+    assert [s[0] for s in spans] == ["stoic.route", "stoic.worker.execute", "stoic.handler"]
+    assert [(s[2], s[4]) for s in spans] == [(0x11, 0x10), (0x12, 0x10), (0x13, 0x12)]
+    assert spans[2][9] == {"stoic.function": "echo", "stoic.invocation_id": invocation,
+                           "stoic.attempt": 2, "process.pid": 4242}
+    assert spans[2][12] == (2 if error else 0) and spans[2][13] == error
+    assert plain_item(route) is route and plain_item(worker) is worker
+    items = [(0, dict(NODE.attributes)), (1, dict(WORKER.attributes)), route, worker]
+    body, count = Encoder().items(marshal.loads(marshal.dumps(items)))
+    assert count == 3
+    assert _flat(ExportTraceServiceRequest.FromString(body)) == \
+        _flat(encode_spans([_sdk_span(s) for s in spans]))
+    # the same spans as span items, through the general path: the same request
+    general, _ = Encoder().items([*items[:2], *spans])
+    assert _flat(ExportTraceServiceRequest.FromString(general)) == \
+        _flat(ExportTraceServiceRequest.FromString(body))
+
+    table = ResourceTable()
+    table.number(NODE)
+    table.number(WORKER)
+    recorder = LocalRecorder(10, table)
+    recorder.add(route)
+    recorder.add(worker)
+    recorder.add(route_item(TRACE + 1, 0x21, "", 0x20, 1, 2, "echo", "other", 1, "b1", 0))
+    found = recorder.spans_for_invocation(invocation)
+    assert [r.name for r in found] == ["stoic.route", "stoic.worker.execute", "stoic.handler"]
+    assert found[1].node == "a1" and found[2].attributes["process.pid"] == 4242
+    assert found[2].status == ("ERROR" if error else "UNSET")
+    assert len(recorder.spans_for_trace(TRACE)) == 3
+    assert len(recorder.spans_for_trace(TRACE + 1)) == 1

@@ -409,7 +409,8 @@ def test_a_dropped_trace_stays_dropped_and_records_nothing() -> None:
             assert kid.trace_id == ctx.trace_id and kid.span_id != ctx.span_id
             assert not kid.trace_flags.sampled and not child.is_recording()
             tracing.record_span("route", child, 1, 2, {"k": "v"})
-            tracing.record_worker_spans(child, WorkerTiming(1, 2, 3, 4, 5, 0, 0), {})
+            tracing.record_route(child, 1, 2, "f", "inv", 1, "local")
+            tracing.record_worker_spans(child, WorkerTiming(1, 2, 3, 4, 5, 0, 0), "f", "inv", 1)
     # a parent's not-sampled flag is followed the same way
     with tracing.start_span("remote", parent=inject(root), attach=False) as remote:
         assert remote.get_span_context().trace_id == ctx.trace_id
