@@ -9,6 +9,12 @@ because most of a span is the same from call to call — the name and kind, the 
 keys, the function and node names, the resource — and those parts are encoded once and
 cached.
 
+The common case (span items without tracestate, events or links and with plain attribute
+values; route and worker items) is also written in C (`_otlp_fast.c`, built where a C
+compiler is; `Encoder` uses it when it is there): about 1 µs per invocation's spans
+instead of ~6 here. It writes the same bytes (a test compares them) and hands every other
+item back to the Python code below.
+
 The layout follows opentelemetry-proto's trace.proto (v1). Tests parse the output back
 with the generated classes and compare it with the SDK encoder's message. Attribute values
 of types OTLP has no field for are sent as their `str()`.
@@ -21,6 +27,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 from opentelemetry.trace import SpanContext, SpanKind, Status
+
+_FAST: Any
+try:  # the common case of Encoder.add in C, when it could be built (optional)
+    from runtime._tracing import _otlp_fast as _FAST
+except ImportError:  # no C compiler where Stoic was installed: Python does it all
+    _FAST = None
 
 __all__ = ["Encoder", "SpanLike", "encode_request", "expand_item", "item_invocation",
            "plain_item", "route_item", "span_item", "worker_item"]
@@ -262,8 +274,11 @@ class Encoder:
     costs memory in proportion to `cache_size`, not to the spans seen.
     """
 
-    def __init__(self, cache_size: int = 4096) -> None:
+    def __init__(self, cache_size: int = 4096, *, compiled: bool = True) -> None:
+        """`compiled=False`: encode in Python even where the C part (`_otlp_fast`) was
+        built (the tests compare the two)."""
         self._cache_size = cache_size
+        self._fast = _FAST if compiled else None
         self._attrs: dict[tuple[str, Any, type], bytes] = {}  # -> Span.attributes field
         # (name, kind, status code, description, parent remote) -> those fields
         self._heads: dict[tuple[str, int, int, str, bool], bytes] = {}
@@ -372,6 +387,9 @@ class Encoder:
         malformed item; the spans before it stay added."""
         groups = self._groups
         count = 0
+        if self._fast is not None:
+            # the common items in C (the same bytes); the rest below
+            count, items = self._fast.add(items, groups)
         for item in items:
             size = len(item)
             if size == _SPAN_LEN:

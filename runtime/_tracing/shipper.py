@@ -473,7 +473,8 @@ def _child_main() -> int:
         try:
             had = pending
             pending += encoder.add(marshal.loads(body))
-        except (ValueError, EOFError, TypeError, AttributeError, OverflowError) as exc:
+        except (ValueError, EOFError, TypeError, AttributeError, OverflowError,
+                struct.error) as exc:
             log.error("span exporter: a batch did not decode (%s); dropped", exc)
             continue
         if pending and not had:

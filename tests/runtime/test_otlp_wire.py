@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import struct
 import subprocess
 import sys
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.resources import Resource
@@ -228,3 +231,85 @@ def test_compact_route_and_worker_items_encode_as_their_spans(state: str, error:
     assert found[2].status == ("ERROR" if error else "UNSET")
     assert len(recorder.spans_for_trace(TRACE)) == 3
     assert len(recorder.spans_for_trace(TRACE + 1)) == 1
+
+
+# --- the C part (runtime/_tracing/_otlp_fast.c) ---------------------------------------------
+
+def _compiled_or_skip() -> None:
+    from runtime._tracing import otlp_wire
+
+    if otlp_wire._FAST is None:
+        if os.environ.get("CI"):  # CI machines have a compiler: it must have been built
+            pytest.fail("runtime._tracing._otlp_fast was not built")
+        pytest.skip("the C encoder was not built here (no compiler)")
+
+
+_u64 = st.integers(min_value=0, max_value=2**64 - 1)
+_text = st.text(max_size=12)
+_value = st.one_of(_text, st.booleans(), st.integers(min_value=-(2**70), max_value=2**70),
+                   st.floats(allow_nan=False), st.tuples(_text, _text), st.binary(max_size=4))
+_span_items = st.tuples(
+    _text, st.integers(min_value=0, max_value=2**128 - 1), _u64,
+    st.sampled_from(["", "", "", "vendor=x1"]), st.one_of(st.just(0), _u64), st.booleans(),
+    st.integers(min_value=-1, max_value=6), _u64, st.one_of(st.just(0), _u64),
+    st.dictionaries(_text, _value, max_size=4),
+    st.sampled_from([None, None, [], [("ev", 5, {"k": 1})]]),
+    st.sampled_from([None, None, [], [(7, 8, True, {})]]),
+    st.integers(min_value=0, max_value=2), _text, st.integers(min_value=0, max_value=1),
+    st.sampled_from(["stoic", "user"]))
+_route_items = st.builds(
+    lambda *a: ("r", *a), st.integers(min_value=1, max_value=2**128 - 1), _u64,
+    st.sampled_from(["", "", "vendor=x1"]), st.one_of(st.just(0), _u64), _u64, _u64,
+    _text, st.one_of(_text, st.integers(0, 2**40)), st.integers(0, 300), _text,
+    st.integers(min_value=0, max_value=1))
+_worker_items = st.builds(
+    lambda *a: ("w", *a, "stoic"), st.integers(min_value=1, max_value=2**128 - 1),
+    st.one_of(st.just(0), _u64), st.sampled_from(["", "", "vendor=x1"]),
+    st.one_of(st.just(0), _u64), st.one_of(st.just(0), _u64), _u64, _u64, _u64, _u64,
+    _text, st.one_of(_text, st.integers(0, 2**40)), st.integers(0, 300),
+    st.integers(0, 2**22), st.sampled_from(["", "ValueError", "é"]),
+    st.integers(min_value=0, max_value=1))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(_span_items, _route_items, _worker_items), max_size=8))
+def test_the_c_encoder_writes_what_the_python_encoder_writes(items: list[Any]) -> None:
+    """For any mix of span, route and worker items (odd strings, ints past 64 bits,
+    tracestate, events, links, bytes and tuple values: the C part hands those back), the
+    request and the span count equal the Python encoder's; items the C part takes all
+    alone give the very same bytes."""
+    _compiled_or_skip()
+    declared = [(0, dict(NODE.attributes)), (1, dict(WORKER.attributes))]
+    fast, python = Encoder(), Encoder(compiled=False)
+    try:
+        expected, expected_count = python.items([*declared, *items])
+    except Exception as exc:  # an item Python cannot encode: nor can the pair
+        with pytest.raises(type(exc)):
+            fast.items([*declared, *items])
+        return
+    body, count = fast.items([*declared, *items])
+    assert count == expected_count
+    assert _flat(ExportTraceServiceRequest.FromString(body)) == \
+        _flat(ExportTraceServiceRequest.FromString(expected))
+    from runtime._tracing import otlp_wire
+
+    if not otlp_wire._FAST.add(items, {})[1]:  # the C part took every item
+        assert body == expected
+
+
+def test_the_c_encoder_hands_back_what_it_does_not_take() -> None:
+    """Resource declarations, malformed items and shapes it does not know come back for
+    the Python encoder (which raises for a malformed item, as before)."""
+    _compiled_or_skip()
+    from runtime._tracing import otlp_wire
+
+    good = ("r", TRACE, 2, "", 1, 10, 20, "echo", "ab" * 16, 1, "local", 0)
+    bad_time = ("r", TRACE, 2, "", 1, 10.5, 20, "echo", "ab" * 16, 1, "local", 0)
+    odd = ("x", 1, 2)
+    declaration = (0, {"service.name": "stoic"})
+    groups: dict[Any, list[bytes]] = {}
+    count, rest = otlp_wire._FAST.add([declaration, good, bad_time, odd], groups)
+    assert count == 1 and rest == [declaration, bad_time, odd]
+    assert list(groups) == [(0, "stoic")] and len(groups[(0, "stoic")]) == 1
+    with pytest.raises(struct.error):
+        Encoder().add([bad_time])
