@@ -521,10 +521,20 @@ def bench_tracing(args: argparse.Namespace) -> dict[str, Any]:
     print(format_table(results, title="stoic bench tracing (median of "
                                       f"{args.rounds} interleaved rounds)"))
     base = results["off (OTEL_SDK_DISABLED)"]["throughput"]["calls_per_s"]
+    offs = [m["throughput"]["calls_per_s"] for m in rounds["off (OTEL_SDK_DISABLED)"]]
+    per_round: dict[str, float] = {}
     for label, r in results.items():
         tput = r["throughput"]["calls_per_s"]
         each = ", ".join(f"{m['throughput']['calls_per_s']:.0f}" for m in rounds[label])
         print(f"throughput ratio ({label} / off): {tput / base:.2f}  (calls/s by round: {each})")
+        # Each round measures every mode within a minute or so, so a round's own ratio
+        # is less exposed to the machine's slow drift than a ratio of medians.
+        ratios = [m["throughput"]["calls_per_s"] / off
+                  for m, off in zip(rounds[label], offs, strict=True)]
+        per_round[label] = sorted(ratios)[len(ratios) // 2]
+        print(f"  median of the rounds' own ratios: {per_round[label]:.2f}  (by round: "
+              + ", ".join(f"{x:.2f}" for x in ratios) + ")")
+    results["median_round_ratio"] = per_round
     for label, runs in rounds.items():
         cpu: dict[str, list[int]] = {}
         for m in runs:

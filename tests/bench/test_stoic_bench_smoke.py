@@ -32,6 +32,7 @@ def test_stoic_bench_smoke(args: list[str], tmp_path: Path) -> None:
     if args[0] == "tracing":  # the export mode's spans reached the sink process
         assert figures["tracing"]["spans_received"] > 0
         assert figures["tracing"]["stoic_cpu_us_per_call"]["OTLP export"] > 0
+        assert figures["tracing"]["median_round_ratio"]["off (OTEL_SDK_DISABLED)"] == 1.0
 
 
 def test_stoic_bench_help_and_options_first() -> None:
