@@ -304,6 +304,21 @@ static int put_times(Buf *b, uint64_t start, uint64_t end) {
     return put_le64(b, end ? end : start);
 }
 
+/* What every span starts with, in the Python encoder's order: ids (1, 2, 4), name,
+ * kind, status and flags (5, 6, 15, 16), times (7, 8). 0, 1 (not taken) or -1. */
+static int span_head(Buf *b, PyObject *trace_id, uint64_t span_id, uint64_t parent_id,
+                     PyObject *name, long kind, long code, PyObject *description, int remote,
+                     uint64_t start, uint64_t end) {
+    int r = put_ids(b, trace_id, span_id, parent_id);
+    if (r == 0) {
+        r = put_fixed(b, name, kind, code, description, remote);
+    }
+    if (r == 0 && put_times(b, start, end) < 0) {
+        r = -1;
+    }
+    return r;
+}
+
 static int item_u64(PyObject *item, Py_ssize_t i, uint64_t *out) {
     return as_u64(PyTuple_GET_ITEM(item, i), out);
 }
@@ -350,17 +365,10 @@ static int span(Buf *b, Buf *scratch, PyObject *item) {
     }
     int remote = parent_id != 0 && PyObject_IsTrue(PyTuple_GET_ITEM(item, 5)) == 1;
     PyErr_Clear();
-    int r = put_ids(b, trace_id, span_id, parent_id);
+    int r = span_head(b, trace_id, span_id, parent_id, PyTuple_GET_ITEM(item, 0), kind, code,
+                      PyTuple_GET_ITEM(item, 13), remote, start, end);
     if (r != 0) {
         return r;
-    }
-    r = put_fixed(b, PyTuple_GET_ITEM(item, 0), kind, code, PyTuple_GET_ITEM(item, 13),
-                  remote);
-    if (r != 0) {
-        return r;
-    }
-    if (put_times(b, start, end) < 0) {
-        return -1;
     }
     if (attributes != Py_None) {
         Py_ssize_t pos = 0;
@@ -401,15 +409,10 @@ static int route(Buf *b, Buf *scratch, PyObject *item) {
         item_u64(item, 6, &end) || parent_id == 0) {
         return 1;
     }
-    int r = put_ids(b, PyTuple_GET_ITEM(item, 1), span_id, parent_id);
+    int r = span_head(b, PyTuple_GET_ITEM(item, 1), span_id, parent_id, S_ROUTE, 0, 0, S_EMPTY,
+                      0, start, end);
     if (r != 0) {
         return r;
-    }
-    if ((r = put_fixed(b, S_ROUTE, 0, 0, S_EMPTY, 0)) != 0) {
-        return r;
-    }
-    if (put_times(b, start, end) < 0) {
-        return -1;
     }
     return compact_attributes(b, scratch, PyTuple_GET_ITEM(item, 8), PyTuple_GET_ITEM(item, 7),
                               PyTuple_GET_ITEM(item, 9), K_TARGET, PyTuple_GET_ITEM(item, 10));
@@ -429,15 +432,9 @@ static int worker(Buf *b, Buf *b2, Buf *scratch, PyObject *item) {
         return 1;
     }
     PyObject *trace_id = PyTuple_GET_ITEM(item, 1);
-    int r = put_ids(b, trace_id, execute_id, parent_id);
+    int r = span_head(b, trace_id, execute_id, parent_id, S_EXECUTE, 1, 0, S_EMPTY, 0, es, ee);
     if (r != 0) {
         return r;
-    }
-    if ((r = put_fixed(b, S_EXECUTE, 1, 0, S_EMPTY, 0)) != 0) {
-        return r;
-    }
-    if (put_times(b, es, ee) < 0) {
-        return -1;
     }
     Py_ssize_t attrs_at = b->len;
     r = compact_attributes(b, scratch, PyTuple_GET_ITEM(item, 11), PyTuple_GET_ITEM(item, 10),
@@ -445,15 +442,11 @@ static int worker(Buf *b, Buf *b2, Buf *scratch, PyObject *item) {
     if (r != 0) {
         return r;
     }
-    if ((r = put_ids(b2, trace_id, handler_id, execute_id)) != 0) {
-        return r;
-    }
     int failed = PyUnicode_GET_LENGTH(error) != 0;
-    if ((r = put_fixed(b2, S_HANDLER, 0, failed ? 2 : 0, error, 0)) != 0) {
+    r = span_head(b2, trace_id, handler_id, execute_id, S_HANDLER, 0, failed ? 2 : 0, error, 0,
+                  hs, he);
+    if (r != 0) {
         return r;
-    }
-    if (put_times(b2, hs, he) < 0) {
-        return -1;
     }
     return put(b2, b->data + attrs_at, b->len - attrs_at);
 }
