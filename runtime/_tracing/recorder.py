@@ -3,9 +3,10 @@
 Every node keeps its own last N spans so that a trace can be looked at without Jaeger.
 It keeps them as span items (`otlp_wire.span_item`'s flat tuples, or a compact item that
 stands for a route or a worker's two spans: the same tuples the exporter pipe carries), so a
-span that ends costs one tuple whether it is recorded, exported or both. Look-ups turn items into `SpanRecord`s: small frozen dataclasses of plain values
-(`to_dict`/`from_dict` give JSON-safe dicts) that a Control API call can ship between
-nodes; `render_tree` accepts the union of records gathered from several nodes.
+span that ends costs one tuple whether it is recorded, exported or both. Look-ups turn items
+into `SpanRecord`s: small frozen dataclasses of plain values (`to_dict`/`from_dict` give
+JSON-safe dicts) that a Control API call can ship between nodes; `render_tree` accepts the
+union of records gathered from several nodes.
 """
 
 from __future__ import annotations

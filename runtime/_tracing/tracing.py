@@ -44,6 +44,8 @@ from runtime._tracing.otlp_wire import (
     EXECUTE,
     HANDLER,
     ROUTE,
+    route_item,
+    worker_item,
 )
 from runtime._tracing.propagation import ParentLike, remote_parent, to_context
 from runtime._tracing.recorder import (
@@ -125,9 +127,7 @@ def _parentbased_bound(sampler: sampling.Sampler) -> int | None:
 _SAMPLED = trace.TraceFlags(trace.TraceFlags.SAMPLED)
 # span item values (`otlp_wire.span_item`): the API's enum values
 _INTERNAL = SpanKind.INTERNAL.value
-_SERVER = SpanKind.SERVER.value
 _UNSET_CODE = StatusCode.UNSET.value
-_ERROR_CODE = StatusCode.ERROR.value
 
 
 def _new_span_id() -> int:
@@ -510,8 +510,8 @@ class Tracing:
         if ids is None:
             return
         trace_id, parent_id, state = ids
-        self.emit(("r", trace_id, _new_span_id(), state, parent_id, start_time, end_time,
-                   function, invocation_id, attempt, target, self.resource_number))
+        self.emit(route_item(trace_id, _new_span_id(), state, parent_id, start_time, end_time,
+                             function, invocation_id, attempt, target, self.resource_number))
 
     def record_worker_spans(
         self,
@@ -538,10 +538,11 @@ class Tracing:
         execute_id = timing.execute_span_id or _new_span_id()
         handler_id = timing.handler_span_id or _new_span_id()
         if self._lean:
-            self.emit(("w", trace_id, execute_id, state, parent_id, handler_id,
-                       timing.execute_start, timing.handler_start, timing.handler_end,
-                       timing.execute_end, function, invocation_id, attempt, timing.pid,
-                       error or "", self._worker_number, _SCOPE))
+            self.emit(worker_item(trace_id, state, parent_id, execute_id, handler_id,
+                                  timing.execute_start, timing.handler_start,
+                                  timing.handler_end, timing.execute_end, function,
+                                  invocation_id, attempt, timing.pid, error or "",
+                                  self._worker_number))
             return
         attrs: dict[str, str | int] = {ATTR_FUNCTION: function,
                                        ATTR_INVOCATION_ID: invocation_id,
