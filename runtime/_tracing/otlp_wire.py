@@ -34,7 +34,10 @@ try:  # the common case of Encoder.add in C, when it could be built (optional)
 except ImportError:  # no C compiler where Stoic was installed: Python does it all
     _FAST = None
 
-__all__ = ["Encoder", "SpanLike", "encode_request", "expand_item", "item_invocation",
+#: Whether the C encoder was built (a node then encodes its spans itself; see shipper).
+FAST_ENCODER = _FAST is not None
+
+__all__ = ["FAST_ENCODER", "Encoder", "SpanLike", "encode_request", "expand_item", "item_invocation",
            "plain_item", "route_item", "span_item", "worker_item"]
 
 _PACK_Q = struct.Struct("<Q").pack

@@ -1,27 +1,32 @@
 """Span export out of the node's process: `SpanShipper` hands finished spans to a child
-process (`python -m runtime._tracing.shipper`) that encodes them and sends them over
-OTLP/gRPC.
+process (`python -m runtime._tracing.shipper`) that sends them over OTLP/gRPC.
 
 Why: the node's event loop runs every invocation, under the node's GIL, and is the
-busiest process of a cluster. Encoding a span as OTLP protobuf costs about ten
-microseconds of Python even by hand (`otlp_wire.Encoder`); reading a span's fields into
-one flat tuple costs a fraction of that. So a span that ends in the node becomes a tuple
-of plain values in a bounded queue; a thread serializes each batch with `marshal` (one C
-call; the thread holds the GIL only for it) and writes it to the child's stdin, and the
-child encodes OTLP with `otlp_wire.Encoder` and sends the bytes as they are (no message
-object is built) through the SDK's own OTLP exporter (its channel, TLS, headers,
-compression, timeout and retries).
+busiest process of a cluster; what can run elsewhere should. A span that ends in the node
+becomes a tuple of plain values in a bounded queue (reading a span's fields costs a
+fraction of encoding it); every few dozen spans, the queued ones become one frame on the
+child's stdin:
+- where the C encoder was built (`otlp_wire.FAST_ENCODER`), the node encodes them as an
+  ExportTraceServiceRequest itself (about 1 µs an invocation, less than `marshal` and
+  far less than unmarshalling and encoding cost the child), and the child joins such
+  requests into one as they are;
+- otherwise the node marshals them (one C call) and the child encodes them in Python
+  (`otlp_wire.Encoder`, ~10 µs a span, too much for the node).
+The child sends the bytes as they are (no message object is built) through the SDK's own
+OTLP exporter (its channel, TLS, headers, compression, timeout and retries).
 
 The pipe runs between a node and the child it started; nothing else writes to it, and the
-child reads nothing else (no socket). It carries `marshal` data of plain values (tuples,
-ints, strings, dicts) — never pickle. Memory stays bounded: when the queue is full (the
-child or the collector is slow), new spans are dropped and counted, as the SDK's
-BatchSpanProcessor does. The child dies with the node (parent-death signal) and ends when
-its stdin closes.
+child reads nothing else (no socket). It carries OTLP bytes or `marshal` data of plain
+values (tuples, ints, strings, dicts) — never pickle. Memory stays bounded: when the queue
+is full (the child or the collector is slow), new spans are dropped and counted, as the
+SDK's BatchSpanProcessor does. The child dies with the node (parent-death signal) and
+ends when its stdin closes.
 
 Frames from the node to the child: one type byte, a 4-byte big-endian length, the body.
+- `R`: a span count (4 bytes, big-endian), then an ExportTraceServiceRequest;
 - `M`: a marshalled list of items: `(number, {resource attributes})` declares a resource
-  (before its first span), a 16-tuple is a span (`otlp_wire.span_item`);
+  (before its first span), a 16-tuple is a span (`otlp_wire.span_item`), a 12- or
+  17-tuple a route or worker item (`otlp_wire.route_item`, `worker_item`);
 - `F`: a flush token (ASCII digits); the child answers `flushed K` on its stdout once
   everything before it was exported.
 """
@@ -46,7 +51,7 @@ from typing import IO, Any
 from opentelemetry import context as otel_context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 
-from runtime._tracing.otlp_wire import plain_item, span_item
+from runtime._tracing.otlp_wire import FAST_ENCODER, Encoder, plain_item, span_item
 from runtime._tracing.recorder import ResourceTable
 
 __all__ = ["SpanShipper"]
@@ -54,7 +59,18 @@ __all__ = ["SpanShipper"]
 log = logging.getLogger("stoic.tracing")
 
 _HEADER = struct.Struct(">cI")
+_COUNT = struct.Struct(">I")  # an `R` frame's span count
+_KINDS = (b"M", b"R", b"F")
 
+#: Spans per export request when OTEL_BSP_MAX_EXPORT_BATCH_SIZE is not set: the
+#: OpenTelemetry Collector's batch processor default, not the SDK's 512. A request costs
+#: both ends a fixed few hundred microseconds of CPU (the Python gRPC client, a Python
+#: receiver more), which at 512 spans a request was most of the child's CPU and the
+#: receiver's under load (`bench/`); a quiet node still exports every schedule delay.
+EXPORT_BATCH = 8192
+#: A request goes out once it holds about this many bytes, whatever its span count
+#: (collectors refuse messages over 4 MiB by default).
+MAX_REQUEST = 2 << 20
 #: The largest frame the child accepts (a batch of max_export_batch_size spans is far less).
 MAX_FRAME = 64 << 20
 
@@ -91,10 +107,13 @@ class SpanShipper(SpanProcessor):
         max_export_batch_size: int | None = None,
         python: str = sys.executable,
         resources: ResourceTable | None = None,
+        encode: bool | None = None,
     ) -> None:
         """`resources`: the table that numbers the resources of the items given to `put`
         (a `Tracing` shares its own); resources are declared to the child before the
-        first batch that can name them."""
+        first batch that can name them. `encode`: write OTLP bytes here (`R` frames)
+        rather than marshalled items (`M` frames); by default, where the C encoder was
+        built (in Python, encoding costs more here than marshalling)."""
         self._max_queue = max_queue_size or 8192
         self._delay = (schedule_delay_millis or 200) / 1000.0
         self._max_batch = max_export_batch_size or 512
@@ -112,6 +131,9 @@ class SpanShipper(SpanProcessor):
         self._ship_lock = threading.Lock()  # marshalling, see _ship
         self._closed = False
         self._flushes = 0
+        if encode is None:
+            encode = FAST_ENCODER
+        self._encoder: Encoder | None = Encoder() if encode else None
         env = dict(os.environ if environ is None else environ)
         env["STOIC_EXPORTER_PARENT"] = str(os.getpid())
         child = subprocess.Popen(
@@ -155,7 +177,7 @@ class SpanShipper(SpanProcessor):
     # --- frames and the pipe ---
 
     def _ship(self, block: bool) -> None:
-        """Marshal what is queued into frames and write them (what the pipe does not take
+        """Encode (or marshal) what is queued into frames and write them (what the pipe does not take
         now goes to the backlog). One frame at a time under `_ship_lock`, so that a
         resource is declared before the first frame that names it, and released between
         frames, so that a busy caller is never kept waiting behind the thread;
@@ -179,13 +201,33 @@ class SpanShipper(SpanProcessor):
                     batch[:0] = [(number, dict(resources[number].attributes))
                                  for number in range(self._declared, known)]
                     self._declared = known
-                try:
-                    body = marshal.dumps(batch)
-                except ValueError:  # an attribute value of a type marshal refuses
-                    body = marshal.dumps([plain_item(item) for item in batch])
-                self._write_frame(_HEADER.pack(b"M", len(body)) + body, spans)
+                if self._encoder is not None:
+                    frame = self._encode(batch)
+                    if frame is None:
+                        self.dropped += spans
+                        continue
+                else:
+                    try:
+                        body = marshal.dumps(batch)
+                    except ValueError:  # an attribute value of a type marshal refuses
+                        body = marshal.dumps([plain_item(item) for item in batch])
+                    frame = _HEADER.pack(b"M", len(body)) + body
+                self._write_frame(frame, spans)
             finally:
                 self._ship_lock.release()
+
+    def _encode(self, batch: list[tuple[Any, ...]]) -> bytes | None:
+        """An `R` frame: the batch as an ExportTraceServiceRequest, its span count first;
+        None if an item is malformed (the batch is dropped, as the child would drop it)."""
+        encoder = self._encoder
+        assert encoder is not None
+        try:
+            request, count = encoder.items(batch)
+        except (ValueError, TypeError, AttributeError, OverflowError, struct.error) as exc:
+            encoder.take()  # what was added before the bad item
+            log.error("span shipper: a batch did not encode (%s); dropped", exc)
+            return None
+        return _HEADER.pack(b"R", _COUNT.size + len(request)) + _COUNT.pack(count) + request
 
     def _write_frame(self, frame: bytes, spans: int) -> None:
         """Append a frame to the backlog and write as much of the backlog as the pipe
@@ -350,7 +392,7 @@ class _FrameReader:
         if left < _HEADER.size:
             return False
         kind, size = _HEADER.unpack_from(self._buffer, self._at)
-        return kind not in (b"M", b"F") or size > MAX_FRAME or left >= _HEADER.size + size
+        return kind not in _KINDS or size > MAX_FRAME or left >= _HEADER.size + size
 
     def _fill(self) -> bool:
         """Read what the pipe holds now; False if it held nothing (`_ended` at its end)."""
@@ -391,7 +433,7 @@ class _FrameReader:
                     return
                 time.sleep(self._poll)
             kind, size = _HEADER.unpack_from(self._buffer, self._at)
-            if kind not in (b"M", b"F") or size > MAX_FRAME:
+            if kind not in _KINDS or size > MAX_FRAME:
                 log.error("span exporter: malformed frame (type %r, %d bytes); stopping",
                           kind, size)
                 return
@@ -444,21 +486,25 @@ def _child_main() -> int:
     exporter = _Exporter(endpoint=endpoint.url, insecure=endpoint.insecure,
                          timeout=endpoint.timeout)
     options = batch_options(os.environ)
-    max_batch = options.get("max_export_batch_size") or 512
+    max_batch = options.get("max_export_batch_size") or EXPORT_BATCH
     delay = (options.get("schedule_delay_millis") or 200) / 1000.0
     encoder = Encoder()
     out = sys.stdout.buffer
     reader = _FrameReader(sys.stdin.fileno())
-    pending = 0  # spans added to the encoder's request, not yet exported
-
-    first = 0.0  # when the oldest pending span was added (monotonic)
+    pending = 0  # spans not yet exported: added to the encoder, or in `raw`
+    raw: list[memoryview] = []  # requests encoded by the node (`R` frames)
+    pending_bytes = 0  # about what the request will hold (an `M` frame's size for its)
+    first = 0.0  # when the oldest pending span came (monotonic)
 
     def export() -> None:
-        nonlocal pending
+        nonlocal pending, pending_bytes
         if pending:
             batch = _Batch([None] * pending)
-            batch.request = encoder.take()
-            pending = 0
+            # Serialized messages concatenated are one message with their repeated
+            # fields concatenated: the node's requests join the child's as they are.
+            batch.request = encoder.take() + b"".join(raw)
+            raw.clear()
+            pending = pending_bytes = 0
             exporter.export(batch)
 
     # Frames are small (a node writes one every few dozen spans): as the SDK's batch
@@ -470,17 +516,25 @@ def _child_main() -> int:
             out.write(b"flushed " + body + b"\n")
             out.flush()
             continue
-        try:
-            had = pending
-            pending += encoder.add(marshal.loads(body))
-        except (ValueError, EOFError, TypeError, AttributeError, OverflowError,
-                struct.error) as exc:
-            log.error("span exporter: a batch did not decode (%s); dropped", exc)
-            continue
+        had = pending
+        if kind == b"R":
+            if len(body) < _COUNT.size:
+                log.error("span exporter: a request frame of %d bytes; dropped", len(body))
+                continue
+            raw.append(memoryview(body)[_COUNT.size:])
+            pending += _COUNT.unpack_from(body)[0]
+        else:
+            try:
+                pending += encoder.add(marshal.loads(body))
+            except (ValueError, EOFError, TypeError, AttributeError, OverflowError,
+                    struct.error) as exc:
+                log.error("span exporter: a batch did not decode (%s); dropped", exc)
+                continue
+        pending_bytes += len(body)
         if pending and not had:
             first = time.monotonic()
-        if pending >= max_batch or (pending and not reader.ready(
-                first + delay - time.monotonic())):
+        if (pending >= max_batch or pending_bytes >= MAX_REQUEST
+                or (pending and not reader.ready(first + delay - time.monotonic()))):
             export()
     export()
     exporter.shutdown()

@@ -560,7 +560,7 @@ def test_the_exporter_child_sends_many_frames_in_one_request(
                                node_id="n1", zone="z", role="node")
     try:
         before = otlp_receiver.exports
-        for i in range(640):  # ten frames, well within one batch (512) and a half
+        for i in range(640):  # ten frames, well within one batch (8,192 spans by default)
             with tracing.start_span("many", attributes={ATTR_INVOCATION_ID: f"many-{i}"}):
                 pass
         assert tracing.force_flush(10.0)
@@ -747,3 +747,97 @@ def test_the_exporter_child_s_reader_polls_and_reassembles_frames() -> None:
         if write_fd >= 0:
             os.close(write_fd)
         os.close(read_fd)
+
+
+@pytest.mark.parametrize("encode", [True, False], ids=["node-encodes", "child-encodes"])
+def test_spans_arrive_whether_the_node_or_the_child_encodes(
+        otlp_receiver: OtlpReceiver, encode: bool) -> None:
+    """Where the C encoder was built, a node writes OTLP requests (`R` frames) and the
+    child joins them; otherwise it writes marshalled items (`M` frames) and the child
+    encodes them: either way span items and compact items (route, worker) arrive whole."""
+    resource = Tracing.from_env(environ={}, node_id="n1", zone="z", role="node").resource
+    shipper = SpanShipper(environ=_env(otlp_receiver), encode=encode)
+    assert (shipper._encoder is not None) is encode
+    tracing = Tracing(resource, export_processor=shipper)
+    try:
+        with tracing.start_span("invoke", attributes={ATTR_INVOCATION_ID: "enc-1"}) as span:
+            span.add_event("odd", {"k": 1})  # an event: the Python part of the encoder
+            tracing.record_route(span, 10, 20, "echo", "enc-1", 1, "local")
+        assert tracing.force_flush(10.0)
+        got = otlp_receiver.wait_for(
+            lambda spans: {"invoke", "stoic.route"} <= {s.name for s in spans}, timeout=10)
+        invoke = next(s for s in got if s.name == "invoke")
+        route = next(s for s in got if s.name == "stoic.route")
+        assert route.parent_id == invoke.span_id and route.trace_id == invoke.trace_id
+        assert route.attributes[ATTR_INVOCATION_ID] == "enc-1"
+        assert [e.name for e in invoke.events] == ["odd"]
+        assert {s.resource.get("service.instance.id") for s in got} == {"n1"}
+        assert shipper.dropped == 0
+    finally:
+        assert tracing.shutdown(timeout=5.0)
+
+
+def test_the_exporter_child_joins_requests_and_bounds_their_size(
+        otlp_receiver: OtlpReceiver) -> None:
+    """Driven frame by frame: an `R` frame (a request the node encoded) and an `M` frame
+    (marshalled items) go out as one request; a truncated `R` frame is dropped and
+    nothing else with it; and a request is sent once it holds MAX_REQUEST bytes, whatever
+    its span count, so that no request grows past what a collector accepts."""
+    import marshal
+    import select
+    import struct
+
+    from runtime._tracing import shipper as shipper_module
+    from runtime._tracing.otlp_wire import Encoder
+
+    def span(name: str, attributes: dict[str, Any]) -> tuple[Any, ...]:  # a span item
+        return (name, 7 << 64 | len(name), len(name), "", 0, False, 0, 1, 2, attributes,
+                None, None, 0, "", 0, "test")
+
+    declare = (0, {"service.name": "joined"})
+
+    def r_frame(*items: tuple[Any, ...]) -> bytes:
+        request, count = Encoder().items([declare, *items])
+        body = struct.pack(">I", count) + request
+        return struct.pack(">cI", b"R", len(body)) + body
+
+    def m_frame(*items: tuple[Any, ...]) -> bytes:
+        body = marshal.dumps([declare, *items])
+        return struct.pack(">cI", b"M", len(body)) + body
+
+    env = {**os.environ, **_env(otlp_receiver, OTEL_BSP_SCHEDULE_DELAY="60000"),
+           "PYTHONPATH": str(REPO)}
+    child = subprocess.Popen([sys.executable, "-m", "runtime._tracing.shipper"], env=env,
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert child.stdin is not None and child.stdout is not None
+    lines = child.stdout
+
+    def flush(token: int) -> None:
+        child.stdin.write(b"F" + struct.pack(">I", len(str(token))) + str(token).encode())
+        child.stdin.flush()
+        ready, _, _ = select.select([lines], [], [], 20.0)
+        assert ready and lines.readline() == f"flushed {token}\n".encode()
+
+    try:
+        before = otlp_receiver.exports
+        child.stdin.write(r_frame(span("from-r", {"a": 1})))
+        child.stdin.write(struct.pack(">cI", b"R", 2) + b"\x00\x01")  # too short: dropped
+        child.stdin.write(m_frame(span("from-m", {"b": "x"})))
+        flush(1)
+        got = otlp_receiver.wait_for(
+            lambda spans: {"from-r", "from-m"} <= {s.name for s in spans}, timeout=10)
+        assert otlp_receiver.exports - before == 1
+        assert {s.resource.get("service.name") for s in got} == {"joined"}
+
+        big = "x" * (shipper_module.MAX_REQUEST // 2 + 1024)
+        before = otlp_receiver.exports
+        for i in range(3):  # the second brings it past MAX_REQUEST: sent then
+            child.stdin.write(r_frame(span(f"big-{i}", {"blob": big})))
+        flush(2)
+        otlp_receiver.wait_for(
+            lambda spans: sum(s.name.startswith("big-") for s in spans) == 3, timeout=20)
+        assert otlp_receiver.exports - before == 2
+    finally:
+        child.stdin.close()
+        assert child.wait(10.0) == 0
+        lines.close()
