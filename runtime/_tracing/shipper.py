@@ -364,27 +364,41 @@ def _await_line(stream: IO[bytes], expected: bytes, deadline: float) -> bool:
 
 # --- the child ----------------------------------------------------------------------------
 
-#: How often the child looks at an empty pipe (seconds). It polls rather than waiting in
-#: select() or read(): while a reader waits on the pipe, each of the node's writes has to
-#: wake it, a cross-CPU wake-up that the node's write pays for (under load, ~5 % of the
-#: node's CPU went to those writes); a polling reader costs the node nothing and itself a
-#: timer tick. Spans wait at most this long more before they are encoded.
-POLL = 0.02
+#: How often the child looks at the pipe while frames come (seconds). It polls rather than
+#: waiting in select() or read(): while a reader waits on the pipe, each of the node's
+#: writes has to wake it, a cross-CPU wake-up that the node's write pays for (under load,
+#: ~5 % of the node's CPU went to those writes); a polling reader costs the node nothing.
+#: Each look costs the child a wake-up (50-100 µs of CPU on a VM): at 20 looks a second
+#: the child took ~3 µs an invocation under load, at 50 looks ~4.5 (`bench/`). A 1 MiB
+#: pipe holds 50 ms of spans up to ~20k invocations a second; past that, the node's
+#: backlog holds the rest until the next look.
+POLL = 0.05
+#: An empty look doubles the wait before the next, up to this: an idle exporter wakes
+#: ten times a second, and spans after a quiet spell wait at most this long more.
+POLL_IDLE = 0.1
 
 
 class _FrameReader:
     """(type, body) frames from a pipe, read without blocking (the fd is made
-    non-blocking; an empty pipe is looked at again every `poll` seconds): iterate until end
-    of input (a partial frame counts as the end) or a malformed header; `ready()` says
-    whether the next frame can be had, waiting up to a timeout for it."""
+    non-blocking; the pipe is looked at every `poll` seconds while frames come, backing
+    off to `idle` while none do): iterate until end of input (a partial frame counts as
+    the end) or a malformed header; `ready()` says whether the next frame can be had,
+    waiting up to a timeout for it."""
 
-    def __init__(self, fd: int, poll: float = POLL) -> None:
+    def __init__(self, fd: int, poll: float = POLL, idle: float = POLL_IDLE) -> None:
         self._fd = fd
         self._poll = poll
+        self._idle = max(idle, poll)
+        self._wait = poll  # before the next look
         self._buffer = bytearray()
         self._at = 0  # where the next frame starts in _buffer
         self._ended = False
         os.set_blocking(fd, False)
+
+    def _sleep(self, most: float) -> None:
+        """Wait before the next look (at most `most` seconds); the next wait is longer."""
+        time.sleep(min(self._wait, most))
+        self._wait = min(self._wait * 2, self._idle)
 
     def _complete(self) -> bool:
         """A whole frame (or a header too bad to wait for the rest of) is buffered."""
@@ -407,6 +421,7 @@ class _FrameReader:
             del self._buffer[:self._at]
             self._at = 0
         self._buffer += chunk
+        self._wait = self._poll
         return True
 
     def ready(self, timeout: float = 0.0) -> bool:
@@ -421,7 +436,7 @@ class _FrameReader:
             left = deadline - time.monotonic()
             if left <= 0:
                 return False
-            time.sleep(min(self._poll, left))
+            self._sleep(left)
         return True
 
     def __iter__(self) -> Iterator[tuple[bytes, bytes]]:
@@ -431,7 +446,7 @@ class _FrameReader:
                     continue
                 if self._ended:
                     return
-                time.sleep(self._poll)
+                self._sleep(self._idle)
             kind, size = _HEADER.unpack_from(self._buffer, self._at)
             if kind not in _KINDS or size > MAX_FRAME:
                 log.error("span exporter: malformed frame (type %r, %d bytes); stopping",

@@ -705,8 +705,9 @@ def test_a_handler_s_spans_hang_under_its_handler_span_made_only_on_first_use() 
 
 def test_the_exporter_child_s_reader_polls_and_reassembles_frames() -> None:
     """The child reads its pipe without blocking (so the node's writes never have to wake
-    it): frames split across writes come out whole, `ready` times out on an empty pipe
-    and sees the end of input, and a malformed header ends the stream."""
+    it), looking less often while it is empty: frames split across writes come out whole,
+    `ready` times out on an empty pipe and sees the end of input, and a malformed header
+    ends the stream."""
     import struct
     import time
 
@@ -714,13 +715,15 @@ def test_the_exporter_child_s_reader_polls_and_reassembles_frames() -> None:
 
     read_fd, write_fd = os.pipe()
     try:
-        reader = _FrameReader(read_fd, poll=0.005)
+        reader = _FrameReader(read_fd, poll=0.005, idle=0.02)
         started = time.monotonic()
-        assert reader.ready(0.03) is False  # nothing there: waited, then said no
-        assert time.monotonic() - started >= 0.03
+        assert reader.ready(0.06) is False  # nothing there: waited, then said no
+        assert time.monotonic() - started >= 0.06
+        assert reader._wait == 0.02  # empty looks backed off to the idle interval
         frame = struct.pack(">cI", b"M", 5) + b"hello"
         os.write(write_fd, frame[:3])
         assert reader.ready(0.0) is False  # half a header is not a frame
+        assert reader._wait == 0.005  # something came: looking often again
         os.write(write_fd, frame[3:] + struct.pack(">cI", b"F", 1) + b"7")
         assert reader.ready(0.0) is True
         frames = iter(reader)
