@@ -26,7 +26,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -470,15 +470,20 @@ def bench_tracing(args: argparse.Namespace) -> dict[str, Any]:
     """Warm invoke throughput and p50 with tracing off, with the local recorder only (the
     default), exporting every span over OTLP/gRPC to a sink process (a collector's
     stand-in that parses and counts), and exporting one trace in ten
-    (parentbased_traceidratio 0.1). The modes run `--rounds` times, interleaved
-    (the order rotates each round), and each mode reports its median round: on a noisy
-    machine one run each would measure the noise. CPU per call by process role is read
-    from /proc around each measurement."""
+    (parentbased_traceidratio 0.1).
+
+    One single-node cluster per mode, all started first and kept up (an idle cluster
+    costs next to nothing), so that the rounds alternate between the modes within
+    seconds: `--rounds` rounds, the order rotating each round, and each mode reports its
+    median round, and each mode's ratio to off is also taken round by round. On a machine
+    whose speed drifts, short alternations measure the modes in the same conditions where
+    long runs one after another would measure the drift. CPU per call by process role is
+    read from /proc around each measurement, over that mode's own processes."""
     settings = LoadSettings(latency_count=args.count, throughput_count=args.count * 3,
                             concurrency=args.concurrency, warmup=min(200, args.count),
                             api="stream")  # as the Python client calls
     rounds: dict[str, list[dict[str, Any]]] = {}
-    with _otlp_sink() as (endpoint, spans_received, sink_pid):
+    with _otlp_sink() as (endpoint, spans_received, sink_pid), ExitStack() as stack:
         modes = [
             ("off (OTEL_SDK_DISABLED)", {"OTEL_SDK_DISABLED": "true"}),
             ("local recorder (default)", {}),
@@ -487,30 +492,30 @@ def bench_tracing(args: argparse.Namespace) -> dict[str, Any]:
                                           "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
                                           "OTEL_TRACES_SAMPLER_ARG": "0.1"}),
         ]
-        for r in range(args.rounds):
-            for label, env in modes[r % len(modes):] + modes[:r % len(modes)]:
-                _say(f"round {r + 1}/{args.rounds}: {label}")
-                with cluster(zones=("a",), env=env) as c:
-                    from runtime import Client
+        from runtime import Client
 
-                    with Client(c.addresses) as warm:
-                        assert warm.invoke("echo", 1).value == 1
-                    roots = [os.getpid(), sink_pid]
-                    _settled(roots)
-                    _say(f"latency: {settings.latency_count} calls, 1 in flight")
-                    run = {"latency": run_load_process(c.addresses[0], "latency", settings)}
-                    _settled(roots)
-                    _say(f"throughput: {settings.throughput_count} calls, "
-                         f"{settings.concurrency} in flight")
-                    before = _process_cpu(roots)
-                    run["throughput"] = run_load_process(c.addresses[0], "throughput",
-                                                         settings)
-                    after = _process_cpu(roots)
-                    calls = settings.throughput_count + settings.warmup
-                    run["cpu_us_per_call"] = {  # at full load
-                        k: round((after[k] - before.get(k, 0.0)) / calls * 1e6)
-                        for k in sorted(after)}
-                    rounds.setdefault(label, []).append(run)
+        clusters = {}
+        for label, env in modes:
+            _say(f"cluster for: {label}")
+            clusters[label] = c = stack.enter_context(cluster(zones=("a",), env=env))
+            with Client(c.addresses) as warm:
+                assert warm.invoke("echo", 1).value == 1
+        for r in range(args.rounds):
+            for label, _ in modes[r % len(modes):] + modes[:r % len(modes)]:
+                _say(f"round {r + 1}/{args.rounds}: {label}")
+                c = clusters[label]
+                roots = [n.pid for n in c.nodes if n.pid] + [sink_pid]
+                _settled(roots)
+                run = {"latency": run_load_process(c.addresses[0], "latency", settings)}
+                _settled(roots)
+                before = _process_cpu(roots)
+                run["throughput"] = run_load_process(c.addresses[0], "throughput", settings)
+                after = _process_cpu(roots)
+                calls = settings.throughput_count + settings.warmup
+                run["cpu_us_per_call"] = {  # at full load
+                    k: round((after[k] - before.get(k, 0.0)) / calls * 1e6)
+                    for k in sorted(after)}
+                rounds.setdefault(label, []).append(run)
         spans = spans_received()
 
     def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
