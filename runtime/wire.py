@@ -36,6 +36,7 @@ from grpc_health.v1 import _async as health_async
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from runtime._aio import stray_cancellation
 from runtime._errors import (
     ERROR_TRAILER,
     ConnectionLost,
@@ -1282,8 +1283,7 @@ async def _unary(call: Any) -> Any:
         if not call.cancelled():
             return await call
     except asyncio.CancelledError:
-        task = asyncio.current_task()
-        if task is not None and task.cancelling():
+        if not stray_cancellation():
             raise  # a real cancellation of ours
     raise grpc.aio.AioRpcError(
         grpc.StatusCode.CANCELLED, grpc.aio.Metadata(), grpc.aio.Metadata(),
@@ -1496,8 +1496,7 @@ class InvokeStreamClient:
         except grpc.aio.AioRpcError as exc:
             error = error_from_rpc(exc)
         except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():
+            if not stray_cancellation():
                 self._fail_all(call, pending, sent,
                                ConnectionLost("the invoke stream was closed"))
                 raise
@@ -1735,8 +1734,7 @@ class WorkerStreamClient:
                 except (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError):
                     return  # the stream is broken; the read loop reports why
                 except asyncio.CancelledError:
-                    task = asyncio.current_task()
-                    if task is not None and task.cancelling():
+                    if not stray_cancellation():
                         raise
                     return  # grpc cancelled its own write: the stream is broken
 
@@ -1756,8 +1754,7 @@ class WorkerStreamClient:
         except asyncio.CancelledError:
             # grpc.aio may cancel its own internal read task when the stream breaks; that
             # is a broken stream, not a cancellation of ours (then nobody cancels us)
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():
+            if not stray_cancellation():
                 raise
             return f"worker {self.name} stream broke (cancelled by grpc)"
 

@@ -36,6 +36,7 @@ from runtime import (
     inject,
     wire,
 )
+from runtime._aio import stray_cancellation
 
 if TYPE_CHECKING:
     from supervisor._node import Node
@@ -232,8 +233,7 @@ class AsyncInvocations:
         except Exception:
             log.exception("async invocation item %s failed in the consumer", item.id)
         except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if task is None or task.cancelling():
+            if not stray_cancellation():
                 raise  # a real cancellation: the node is stopping
             # A CancelledError nobody asked for (grpc.aio raises its own for a call it
             # cancelled): escaping, it would silently cancel the consumer's task group and

@@ -48,6 +48,7 @@ import anyio.abc
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from runtime import ActorDeadError, Child, Clock, ExitReason, LoopClock, Runtime
+from runtime._aio import stray_cancellation
 from supervisor._child_spec import (
     ChildSpec,
     InvalidChildSpec,
@@ -515,8 +516,7 @@ class Supervisor:
                 # asyncio only: a CancelledError that no cancel scope asked for (grpc.aio
                 # raises its own for a call it cancelled) is the start's failure; let
                 # out, it would silently cancel the task group the supervisor runs in
-                task = asyncio.current_task()
-                if task is None or task.cancelling():
+                if not stray_cancellation():
                     raise
                 raise RuntimeError("the start raised a stray CancelledError") from exc
             if not isinstance(child, Child):

@@ -34,6 +34,7 @@ import anyio.abc
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from runtime import wire
+from runtime._aio import stray_cancellation
 from runtime._child import ExitReason
 from runtime._errors import InstanceCrashed, InvocationTimeout
 from runtime._function import FunctionConfig, FunctionSpec
@@ -197,8 +198,7 @@ class WorkerProcess:
             log.exception("worker %s: stream client failed", self.name)
             await self._client.aclose()
         except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if task is not None and task.cancelling() == 0:
+            if stray_cancellation():
                 log.debug("worker %s: grpc.aio raised CancelledError; stream over", self.name)
                 await self._client.aclose()
                 return
