@@ -472,18 +472,20 @@ def bench_tracing(args: argparse.Namespace) -> dict[str, Any]:
     stand-in that parses and counts), and exporting one trace in ten
     (parentbased_traceidratio 0.1).
 
-    One single-node cluster per mode, all started first and kept up (an idle cluster
-    costs next to nothing), so that the rounds alternate between the modes within
-    seconds: `--rounds` rounds, the order rotating each round, and each mode reports its
-    median round, and each mode's ratio to off is also taken round by round. On a machine
-    whose speed drifts, short alternations measure the modes in the same conditions where
-    long runs one after another would measure the drift. CPU per call by process role is
-    read from /proc around each measurement, over that mode's own processes."""
+    Each round starts one single-node cluster per mode (an idle cluster costs next to
+    nothing), measures the modes one after another, the order rotating each round, and
+    stops them: the modes of a round are measured within seconds of each other, where
+    whole runs one after another would measure the machine's drift, and each round has
+    new clusters, since one cluster can run 10-15 % faster or slower than an identical
+    one for its whole life (placement, hash seeds), which kept for a whole run would be
+    a bias. Each mode reports its median round, and its ratio to off is also taken round
+    by round. CPU per call by process role is read from /proc around each measurement,
+    over that mode's own processes."""
     settings = LoadSettings(latency_count=args.count, throughput_count=args.count * 3,
                             concurrency=args.concurrency, warmup=min(200, args.count),
                             api="stream")  # as the Python client calls
     rounds: dict[str, list[dict[str, Any]]] = {}
-    with _otlp_sink() as (endpoint, spans_received, sink_pid), ExitStack() as stack:
+    with _otlp_sink() as (endpoint, spans_received, sink_pid):
         modes = [
             ("off (OTEL_SDK_DISABLED)", {"OTEL_SDK_DISABLED": "true"}),
             ("local recorder (default)", {}),
@@ -494,28 +496,31 @@ def bench_tracing(args: argparse.Namespace) -> dict[str, Any]:
         ]
         from runtime import Client
 
-        clusters = {}
-        for label, env in modes:
-            _say(f"cluster for: {label}")
-            clusters[label] = c = stack.enter_context(cluster(zones=("a",), env=env))
-            with Client(c.addresses) as warm:
-                assert warm.invoke("echo", 1).value == 1
         for r in range(args.rounds):
-            for label, _ in modes[r % len(modes):] + modes[:r % len(modes)]:
-                _say(f"round {r + 1}/{args.rounds}: {label}")
-                c = clusters[label]
-                roots = [n.pid for n in c.nodes if n.pid] + [sink_pid]
-                _settled(roots)
-                run = {"latency": run_load_process(c.addresses[0], "latency", settings)}
-                _settled(roots)
-                before = _process_cpu(roots)
-                run["throughput"] = run_load_process(c.addresses[0], "throughput", settings)
-                after = _process_cpu(roots)
-                calls = settings.throughput_count + settings.warmup
-                run["cpu_us_per_call"] = {  # at full load
-                    k: round((after[k] - before.get(k, 0.0)) / calls * 1e6)
-                    for k in sorted(after)}
-                rounds.setdefault(label, []).append(run)
+            order = modes[r % len(modes):] + modes[:r % len(modes)]
+            with ExitStack() as stack:
+                clusters = {}
+                for label, env in order:
+                    _say(f"round {r + 1}/{args.rounds}: starting a cluster for {label}")
+                    clusters[label] = c = stack.enter_context(cluster(zones=("a",), env=env))
+                    with Client(c.addresses) as warm:
+                        assert warm.invoke("echo", 1).value == 1
+                for label, _ in order:
+                    _say(f"round {r + 1}/{args.rounds}: {label}")
+                    c = clusters[label]
+                    roots = [n.pid for n in c.nodes if n.pid] + [sink_pid]
+                    _settled(roots)
+                    run = {"latency": run_load_process(c.addresses[0], "latency", settings)}
+                    _settled(roots)
+                    before = _process_cpu(roots)
+                    run["throughput"] = run_load_process(c.addresses[0], "throughput",
+                                                         settings)
+                    after = _process_cpu(roots)
+                    calls = settings.throughput_count + settings.warmup
+                    run["cpu_us_per_call"] = {  # at full load
+                        k: round((after[k] - before.get(k, 0.0)) / calls * 1e6)
+                        for k in sorted(after)}
+                    rounds.setdefault(label, []).append(run)
         spans = spans_received()
 
     def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
