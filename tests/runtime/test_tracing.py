@@ -844,3 +844,60 @@ def test_the_exporter_child_joins_requests_and_bounds_their_size(
         child.stdin.close()
         assert child.wait(10.0) == 0
         lines.close()
+
+
+def test_the_recorder_packs_items_and_keeps_exactly_the_newest() -> None:
+    """Items are packed (marshalled) every few dozen, so only the newest few stay objects;
+    look-ups unpack and see exactly the newest `capacity` items, compact ones and span
+    items with attribute values marshal refuses (recorded as their str) alike."""
+    from runtime._tracing.otlp_wire import route_item
+    from runtime._tracing.recorder import PACK
+
+    class Odd:
+        def __str__(self) -> str:
+            return "odd-value"
+
+    from opentelemetry.sdk.resources import Resource
+
+    recorder = LocalRecorder(capacity=1000)
+    assert recorder.resources.number(Resource({"service.name": "packed"})) == 0
+    for i in range(5000):
+        tid = 1 << 80 | i
+        if i % 2:
+            recorder.add(route_item(tid, 10 + i, "", 7, i, i + 1, "echo", f"inv-{i}", 1,
+                                    "local", 0))
+        else:
+            recorder.add(("span", tid, 10 + i, "", 0, False, 0, i, i + 1,
+                          {ATTR_INVOCATION_ID: f"inv-{i}", "odd": Odd()}, None, None, 0,
+                          "", 0, "test"))
+    assert len(recorder) == 1000
+    assert len(recorder._recent) < PACK  # the rest is packed
+    assert recorder.spans_for_invocation("inv-3999") == []  # the 1,001st newest
+    [oldest] = recorder.spans_for_invocation("inv-4000")  # packed, so marshalled
+    assert oldest.name == "span" and oldest.attributes["odd"] == "odd-value"
+    [route] = recorder.spans_for_invocation("inv-4999")
+    assert route.name == "stoic.route" and route.attributes["stoic.route.target"] == "local"
+    recorder.clear()
+    assert len(recorder) == 0 and recorder.spans_for_invocation("inv-4000") == []
+
+
+def test_the_recorder_loses_and_repeats_nothing_under_concurrent_adds() -> None:
+    """Four threads add at once (packing happens on whichever thread gets the lock):
+    every item is there exactly once."""
+    recorder = LocalRecorder(capacity=100_000)
+    per_thread = 5000
+    start = threading.Barrier(4)
+
+    def add(t: int) -> None:
+        start.wait(5.0)
+        for i in range(per_thread):
+            recorder.add(("s", t << 32 | i, i, "", 0, False, 0, 0, 1, {}, None, None, 0,
+                          "", 0, "test"))
+
+    threads = [threading.Thread(target=add, args=(t,)) for t in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30.0)
+    ids = [item[1] for item in recorder._snapshot()]
+    assert len(ids) == 4 * per_thread == len(set(ids)) == len(recorder)
