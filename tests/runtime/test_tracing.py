@@ -33,6 +33,7 @@ from runtime import (
     render_tree,
 )
 from runtime._tracing.shipper import SpanShipper
+from runtime.wire import WorkerTiming
 from tests.fixtures import otlp
 from tests.fixtures.otlp import OtlpReceiver
 
@@ -396,7 +397,6 @@ def test_parentbased_decisions_match_the_sdk_sampler(sampler: str) -> None:
 def test_a_dropped_trace_stays_dropped_and_records_nothing() -> None:
     """A span the sampler drops carries its trace on as not sampled (in `inject`), its
     children are dropped with the same trace id, and nothing of it is recorded."""
-    from runtime.wire import WorkerTiming
 
     tracing = Tracing.from_env(environ={"OTEL_TRACES_SAMPLER": "parentbased_always_off"})
     with tracing.start_span("root", attach=False) as root:
@@ -766,13 +766,21 @@ def test_spans_arrive_whether_the_node_or_the_child_encodes(
         with tracing.start_span("invoke", attributes={ATTR_INVOCATION_ID: "enc-1"}) as span:
             span.add_event("odd", {"k": 1})  # an event: the Python part of the encoder
             tracing.record_route(span, 10, 20, "echo", "enc-1", 1, "local")
+            tracing.record_worker_spans(span, WorkerTiming(30, 40, 50, 60, 4242), "echo",
+                                        "enc-1", 1, "ValueError")
         assert tracing.force_flush(10.0)
-        got = otlp_receiver.wait_for(
-            lambda spans: {"invoke", "stoic.route"} <= {s.name for s in spans}, timeout=10)
-        invoke = next(s for s in got if s.name == "invoke")
-        route = next(s for s in got if s.name == "stoic.route")
-        assert route.parent_id == invoke.span_id and route.trace_id == invoke.trace_id
-        assert route.attributes[ATTR_INVOCATION_ID] == "enc-1"
+        names = {"invoke", "stoic.route", "stoic.worker.execute", "stoic.handler"}
+        got = otlp_receiver.wait_for(lambda spans: names <= {s.name for s in spans},
+                                     timeout=10)
+        by_name = {s.name: s for s in got}
+        invoke = by_name["invoke"]
+        for name in ("stoic.route", "stoic.worker.execute"):
+            assert by_name[name].parent_id == invoke.span_id
+            assert by_name[name].trace_id == invoke.trace_id
+            assert by_name[name].attributes[ATTR_INVOCATION_ID] == "enc-1"
+        handler = by_name["stoic.handler"]
+        assert handler.parent_id == by_name["stoic.worker.execute"].span_id
+        assert handler.attributes["process.pid"] == 4242
         assert [e.name for e in invoke.events] == ["odd"]
         assert {s.resource.get("service.instance.id") for s in got} == {"n1"}
         assert shipper.dropped == 0
