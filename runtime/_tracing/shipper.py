@@ -66,7 +66,8 @@ _KINDS = (b"M", b"R", b"F")
 #: OpenTelemetry Collector's batch processor default, not the SDK's 512. A request costs
 #: both ends a fixed few hundred microseconds of CPU (the Python gRPC client, a Python
 #: receiver more), which at 512 spans a request was most of the child's CPU and the
-#: receiver's under load (`bench/`); a quiet node still exports every schedule delay.
+#: receiver's under load (docs/performance.md); a quiet node still exports every
+#: schedule delay.
 EXPORT_BATCH = 8192
 #: A request goes out once it holds about this many bytes, whatever its span count
 #: (collectors refuse messages over 4 MiB by default).
@@ -128,7 +129,7 @@ class SpanShipper(SpanProcessor):
         self._backlog_spans = 0
         self._wake = threading.Event()
         self._lock = threading.Lock()  # the pipe and the backlog; held only to write
-        self._ship_lock = threading.Lock()  # marshalling, see _ship
+        self._ship_lock = threading.Lock()  # making frames, see _ship
         self._closed = False
         self._flushes = 0
         if encode is None:
@@ -177,8 +178,8 @@ class SpanShipper(SpanProcessor):
     # --- frames and the pipe ---
 
     def _ship(self, block: bool) -> None:
-        """Encode (or marshal) what is queued into frames and write them (what the pipe does not take
-        now goes to the backlog). One frame at a time under `_ship_lock`, so that a
+        """Encode (or marshal) what is queued into frames and write them (what the pipe
+        does not take now goes to the backlog). One frame at a time under `_ship_lock`, so that a
         resource is declared before the first frame that names it, and released between
         frames, so that a busy caller is never kept waiting behind the thread;
         `block=False` returns at once if another thread holds it (that thread or the next
@@ -368,10 +369,10 @@ def _await_line(stream: IO[bytes], expected: bytes, deadline: float) -> bool:
 #: waiting in select() or read(): while a reader waits on the pipe, each of the node's
 #: writes has to wake it, a cross-CPU wake-up that the node's write pays for (under load,
 #: ~5 % of the node's CPU went to those writes); a polling reader costs the node nothing.
-#: Each look costs the child a wake-up (50-100 µs of CPU on a VM): at 20 looks a second
-#: the child took ~3 µs an invocation under load, at 50 looks ~4.5 (`bench/`). A 1 MiB
-#: pipe holds 50 ms of spans up to ~20k invocations a second; past that, the node's
-#: backlog holds the rest until the next look.
+#: Each look costs the child a wake-up (50-100 µs of CPU on a VM): fed frames for 6,000
+#: invocations a second, the child took 3.3-4.2 µs an invocation at 20 looks a second
+#: and 4.2-4.6 µs at 50 (docs/performance.md). A 1 MiB pipe holds 50 ms of spans up to ~20k
+#: invocations a second; past that, the node's backlog holds the rest until the next look.
 POLL = 0.05
 #: An empty look doubles the wait before the next, up to this: an idle exporter wakes
 #: ten times a second, and spans after a quiet spell wait at most this long more.
