@@ -22,6 +22,7 @@ of types OTLP has no field for are sent as their `str()`.
 
 from __future__ import annotations
 
+import marshal
 import struct
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
@@ -38,7 +39,7 @@ except ImportError:  # no C compiler where Stoic was installed: Python does it a
 FAST_ENCODER = _FAST is not None
 
 __all__ = ["FAST_ENCODER", "Encoder", "SpanLike", "encode_request", "expand_item", "item_invocation",
-           "plain_item", "route_item", "span_item", "worker_item"]
+           "marshal_items", "plain_item", "route_item", "span_item", "worker_item"]
 
 _PACK_Q = struct.Struct("<Q").pack
 _PACK_d = struct.Struct("<d").pack
@@ -185,6 +186,15 @@ def plain_item(item: tuple[Any, ...]) -> tuple[Any, ...]:
     if item[11]:
         items[11] = [(t, s, r, {k: _plain(v) for k, v in a.items()}) for t, s, r, a in item[11]]
     return tuple(items)
+
+
+def marshal_items(items: list[tuple[Any, ...]]) -> bytes:
+    """`items` (span items, compact items, resource declarations) marshalled; attribute
+    values of a type `marshal` refuses are sent as their str() (`plain_item`)."""
+    try:
+        return marshal.dumps(items)
+    except ValueError:
+        return marshal.dumps([plain_item(item) for item in items])
 
 
 # --- compact items ------------------------------------------------------------------------

@@ -51,7 +51,7 @@ from typing import IO, Any
 from opentelemetry import context as otel_context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 
-from runtime._tracing.otlp_wire import FAST_ENCODER, Encoder, plain_item, span_item
+from runtime._tracing.otlp_wire import FAST_ENCODER, Encoder, marshal_items, span_item
 from runtime._tracing.recorder import ResourceTable
 
 __all__ = ["SpanShipper"]
@@ -208,10 +208,7 @@ class SpanShipper(SpanProcessor):
                         self.dropped += spans
                         continue
                 else:
-                    try:
-                        body = marshal.dumps(batch)
-                    except ValueError:  # an attribute value of a type marshal refuses
-                        body = marshal.dumps([plain_item(item) for item in batch])
+                    body = marshal_items(batch)
                     frame = _HEADER.pack(b"M", len(body)) + body
                 self._write_frame(frame, spans)
             finally:
