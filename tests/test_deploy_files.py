@@ -112,11 +112,26 @@ def _advertise_arg(argv: list[str]) -> str:
 def test_dockerfile_builds_a_non_root_stoic_image() -> None:
     text = (DEPLOY / "Dockerfile").read_text()
     lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
-    assert lines[0] == "FROM python:3.11-slim"
-    users = [ln.split()[1] for ln in lines if ln.startswith("USER ")]
+    stages = [i for i, ln in enumerate(lines) if ln.startswith("FROM ")]
+    assert [lines[i] for i in stages] == ["FROM python:3.11-slim AS build",
+                                          "FROM python:3.11-slim"]
+    build, image = lines[stages[0]:stages[1]], lines[stages[1]:]
+    # the build stage has a compiler and checks that the C span encoder went into the wheel
+    assert any("apt-get install" in ln and "gcc" in ln for ln in build)
+    assert any(re.search(r"pip wheel\b.*\s\.(\s|$)", ln) for ln in build), "no `pip wheel .`"
+    assert any("_otlp_fast" in ln for ln in build)
+    # the image installs that wheel, checks the encoder loads, and has no compiler
+    assert any("COPY --from=build" in ln for ln in image)
+    assert any("pip install" in ln and ".whl" in ln for ln in image)
+    assert any("FAST_ENCODER" in ln for ln in image)
+    assert not any("gcc" in ln for ln in image)
+    # no source packages in the image's working directory: they would shadow the wheel
+    # (and its compiled encoder) for `python -m`
+    copied = [ln.split()[1] for ln in image if ln.startswith("COPY ") and "--from" not in ln]
+    assert not {"runtime", "supervisor"} & set(copied), copied
+    users = [ln.split()[1] for ln in image if ln.startswith("USER ")]
     assert users and users[-1] not in ("root", "0"), "the image must run as a non-root user"
-    assert 'ENTRYPOINT ["stoic"]' in lines
-    assert any(re.search(r"pip install\b.*\s\.(\s|$)", ln) for ln in lines), "no `pip install .`"
+    assert 'ENTRYPOINT ["stoic"]' in image
     for ln in lines:
         if ln.startswith("COPY ") and "--from" not in ln:
             *sources, _dest = ln.split()[1:]
