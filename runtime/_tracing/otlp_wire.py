@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import marshal
 import struct
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 from opentelemetry.trace import SpanContext, SpanKind, Status
@@ -38,8 +38,9 @@ except ImportError:  # no C compiler where Stoic was installed: Python does it a
 #: Whether the C encoder was built (a node then encodes its spans itself; see shipper).
 FAST_ENCODER = _FAST is not None
 
-__all__ = ["FAST_ENCODER", "Encoder", "SpanLike", "encode_request", "expand_item", "item_invocation",
-           "marshal_items", "plain_item", "route_item", "span_item", "worker_item"]
+__all__ = ["FAST_ENCODER", "Encoder", "SpanLike", "decode_request", "encode_request",
+           "expand_item", "item_invocation", "marshal_items", "plain_item", "route_item",
+           "span_item", "worker_item"]
 
 _PACK_Q = struct.Struct("<Q").pack
 _PACK_d = struct.Struct("<d").pack
@@ -537,3 +538,59 @@ def _attribute_fields(attributes: Mapping[str, Any] | None, tag: bytes) -> list[
 def encode_request(spans: Iterable[SpanLike]) -> bytes:
     """`Encoder().request(spans)`: for one-off use (tests); a shipper keeps its Encoder."""
     return Encoder().request(spans)
+
+
+# --- decoding (the local recorder's look-ups) ----------------------------------------------
+
+def _decoded_value(value: Any) -> Any:
+    kind = value.WhichOneof("value")
+    if kind is None:
+        return ""
+    if kind == "array_value":
+        return tuple(_decoded_value(v) for v in value.array_value.values)
+    if kind == "kvlist_value":
+        return str({kv.key: _decoded_value(kv.value) for kv in value.kvlist_value.values})
+    return getattr(value, kind)
+
+
+def _decoded_attributes(key_values: Iterable[Any]) -> dict[str, Any]:
+    return {kv.key: _decoded_value(kv.value) for kv in key_values}
+
+
+#: OTLP's Span.flags bits: whether the parent's remoteness is known, and that it is remote.
+_FLAG_HAS_REMOTE, _FLAG_REMOTE = 0x100, 0x200
+
+
+def decode_request(data: bytes, resource_number: Callable[[dict[str, Any]], int],
+                   ) -> list[tuple[Any, ...]]:
+    """The span items (16-tuples, `span_item`'s layout) of an ExportTraceServiceRequest,
+    in order; `resource_number` gives the number to put in the items of each resource's
+    spans (from its attributes). For look-ups, not for the hot path: it builds the
+    protobuf objects. Raises google.protobuf's DecodeError for bytes that are not such a
+    request."""
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+        ExportTraceServiceRequest,
+    )
+
+    request = ExportTraceServiceRequest.FromString(data)
+    items: list[tuple[Any, ...]] = []
+    for resource_spans in request.resource_spans:
+        number = resource_number(_decoded_attributes(resource_spans.resource.attributes))
+        for scope_spans in resource_spans.scope_spans:
+            scope = scope_spans.scope.name
+            for span in scope_spans.spans:
+                events = [(e.name, e.time_unix_nano, _decoded_attributes(e.attributes))
+                          for e in span.events]
+                links = [(int.from_bytes(ln.trace_id, "big"), int.from_bytes(ln.span_id, "big"),
+                          bool(ln.flags & _FLAG_REMOTE), _decoded_attributes(ln.attributes))
+                         for ln in span.links]
+                items.append((
+                    span.name, int.from_bytes(span.trace_id, "big"),
+                    int.from_bytes(span.span_id, "big"), span.trace_state,
+                    int.from_bytes(span.parent_span_id, "big"),
+                    bool(span.flags & _FLAG_REMOTE),
+                    max(span.kind - 1, 0),  # OTLP's SPAN_KIND_INTERNAL is 1, the API's 0
+                    span.start_time_unix_nano, span.end_time_unix_nano,
+                    _decoded_attributes(span.attributes), events or None, links or None,
+                    span.status.code, span.status.message, number, scope))
+    return items

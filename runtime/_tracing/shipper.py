@@ -46,13 +46,14 @@ import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping
+from contextlib import AbstractContextManager
 from typing import IO, Any
 
 from opentelemetry import context as otel_context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 
 from runtime._tracing.otlp_wire import FAST_ENCODER, Encoder, marshal_items, span_item
-from runtime._tracing.recorder import ResourceTable
+from runtime._tracing.recorder import LocalRecorder, ResourceTable
 
 __all__ = ["SpanShipper"]
 
@@ -97,7 +98,9 @@ class SpanShipper(SpanProcessor):
     the marshalling itself). What the pipe does not take now (the child is busy or gone
     slow) waits in a backlog that a thread writes as the pipe drains; the thread also ships
     what is queued every `schedule_delay_millis`. Queue and backlog together hold at most
-    `max_queue_size` spans: past that, new spans are dropped and counted."""
+    `max_queue_size` spans: past that, new spans are dropped and counted. A shipper that
+    feeds a local recorder (`feed`) drops whole frames instead, once the recorder has
+    them; queue and backlog then hold at most `max_queue_size` spans each."""
 
     def __init__(
         self,
@@ -132,6 +135,7 @@ class SpanShipper(SpanProcessor):
         self._ship_lock = threading.Lock()  # making frames, see _ship
         self._closed = False
         self._flushes = 0
+        self._recorder: LocalRecorder | None = None  # see `feed`
         if encode is None:
             encode = FAST_ENCODER
         self._encoder: Encoder | None = Encoder() if encode else None
@@ -168,12 +172,43 @@ class SpanShipper(SpanProcessor):
         """Queue one span item (`otlp_wire.span_item`'s tuple, its resource numbered in
         `resources`); every `CHUNK` spans, ship them. Never blocks."""
         queue = self._queue
-        if len(queue) + self._backlog_spans >= self._max_queue:
+        if len(queue) + (0 if self._recorder is not None else self._backlog_spans) \
+                >= self._max_queue:
             self.dropped += 1
             return
         queue.append(item)
         if len(queue) >= self._chunk and not self._closed:
             self._ship(block=False)
+
+    # --- a local recorder fed with what is encoded here ---
+
+    def feed(self, recorder: LocalRecorder) -> bool:
+        """Hand `recorder` every request encoded here from now on (`add_request`), so
+        that it need not serialize the same spans again, and let its look-ups read this
+        queue. Spans are then dropped after the recorder has them (a frame the backlog
+        has no room for), not before: the local record stays whole while the collector
+        or the child is slow. False (and nothing done) where this shipper does not
+        encode (`M` frames): the recorder then keeps packing its own items."""
+        if self._encoder is None:
+            return False
+        self._recorder = recorder
+        recorder.fed_by(self)
+        return True
+
+    def holding(self) -> AbstractContextManager[object]:
+        return self._ship_lock
+
+    def queued(self) -> list[tuple[Any, ...]]:
+        """The items queued and not yet shipped, oldest first."""
+        for _ in range(100):  # `put` appending meanwhile makes list() raise; retry
+            try:
+                return list(self._queue)
+            except RuntimeError:
+                continue
+        return []
+
+    def queued_count(self) -> int:
+        return len(self._queue)
 
     # --- frames and the pipe ---
 
@@ -203,10 +238,18 @@ class SpanShipper(SpanProcessor):
                                  for number in range(self._declared, known)]
                     self._declared = known
                 if self._encoder is not None:
-                    frame = self._encode(batch)
-                    if frame is None:
+                    encoded = self._encode(batch)
+                    if encoded is None:
                         self.dropped += spans
                         continue
+                    request, count = encoded
+                    if self._recorder is not None:
+                        self._recorder.add_request(request, count)
+                        if self._backlog_spans + spans > self._max_queue:
+                            self.dropped += spans  # the recorder has them
+                            continue
+                    frame = (_HEADER.pack(b"R", _COUNT.size + len(request))
+                             + _COUNT.pack(count) + request)
                 else:
                     body = marshal_items(batch)
                     frame = _HEADER.pack(b"M", len(body)) + body
@@ -214,18 +257,17 @@ class SpanShipper(SpanProcessor):
             finally:
                 self._ship_lock.release()
 
-    def _encode(self, batch: list[tuple[Any, ...]]) -> bytes | None:
-        """An `R` frame: the batch as an ExportTraceServiceRequest, its span count first;
-        None if an item is malformed (the batch is dropped, as the child would drop it)."""
+    def _encode(self, batch: list[tuple[Any, ...]]) -> tuple[bytes, int] | None:
+        """The batch as an ExportTraceServiceRequest and its span count; None if an item
+        is malformed (the batch is dropped, as the child would drop it)."""
         encoder = self._encoder
         assert encoder is not None
         try:
-            request, count = encoder.items(batch)
+            return encoder.items(batch)
         except (ValueError, TypeError, AttributeError, OverflowError, struct.error) as exc:
             encoder.take()  # what was added before the bad item
             log.error("span shipper: a batch did not encode (%s); dropped", exc)
             return None
-        return _HEADER.pack(b"R", _COUNT.size + len(request)) + _COUNT.pack(count) + request
 
     def _write_frame(self, frame: bytes, spans: int) -> None:
         """Append a frame to the backlog and write as much of the backlog as the pipe

@@ -215,7 +215,7 @@ class Tracing:
         #: span items' resource numbers: this process's spans, the worker's spans
         self.resource_number = table.number(resource)
         self._worker_number = table.number(self._worker_resource)
-        self._record = self._recorder.add
+        self._record: Callable[[tuple[Any, ...]], None] | None = self._recorder.add
         self._ship: Callable[[tuple[Any, ...]], None] | None = getattr(
             export_processor, "put", None)
         self._disabled = disabled
@@ -224,6 +224,11 @@ class Tracing:
         # own pipeline): that then gets SDK spans.
         self._lean = (exporter is None and not disabled
                       and (export_processor is None or self._ship is not None))
+        feed = getattr(export_processor, "feed", None)
+        if self._lean and feed is not None and feed(self._recorder):
+            # a shipper that encodes hands the recorder its requests: spans are queued
+            # once and serialized once
+            self._record = None
         self._sampler = sampler or sampling.ParentBased(sampling.ALWAYS_ON)
         self._bound = _parentbased_bound(self._sampler)
         self._exporting = (exporter is not None or export_processor is not None) and not disabled
@@ -413,9 +418,12 @@ class Tracing:
         """Record (and, when exporting, ship) one finished span item."""
         if self._shut:
             return
-        self._record(item)
-        if self._ship is not None:
-            self._ship(item)
+        record = self._record
+        if record is not None:
+            record(item)
+        ship = self._ship
+        if ship is not None:
+            ship(item)
 
     def record_supervisor_event(
         self,

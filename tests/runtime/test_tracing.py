@@ -32,6 +32,7 @@ from runtime import (
     inject,
     render_tree,
 )
+from runtime._tracing.otlp_wire import FAST_ENCODER
 from runtime._tracing.shipper import SpanShipper
 from runtime.wire import WorkerTiming
 from tests.fixtures import otlp
@@ -590,28 +591,40 @@ def test_a_dead_exporter_process_costs_spans_not_the_node(otlp_receiver: OtlpRec
     assert tracing.shutdown(timeout=5.0)
 
 
-def test_the_shipper_never_blocks_and_holds_a_bounded_number_of_spans() -> None:
-    """A child that reads nothing (SIGSTOP): the pipe fills, then the backlog, then new
-    spans are dropped and counted; `put` never blocks, and every span is accounted for
-    (written, waiting or dropped). A SIGKILLed child then costs spans, not the caller."""
+@pytest.mark.parametrize("encode", [
+    pytest.param(True, marks=pytest.mark.skipif(not FAST_ENCODER, reason="no C encoder")),
+    False], ids=["encoding-feeds-the-recorder", "marshalling"])
+def test_the_shipper_never_blocks_and_holds_a_bounded_number_of_spans(encode: bool) -> None:
+    """A child that reads nothing (SIGSTOP): the pipe fills, then the backlog, then spans
+    are dropped and counted; `put` never blocks, and every span is accounted for
+    (written, waiting or dropped). A shipper that encodes feeds the local recorder and
+    drops whole frames after handing them over, so the recorder still has the newest
+    spans; one that marshals drops new spans, and the recorder keeps its own. A
+    SIGKILLed child then costs spans, not the caller."""
     import signal as _signal
 
     shipper = SpanShipper(environ={"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9"},
                           max_queue_size=50, schedule_delay_millis=60_000,
-                          max_export_batch_size=10)
+                          max_export_batch_size=10, encode=encode)
     assert shipper.pid is not None
     os.kill(shipper.pid, _signal.SIGSTOP)
     try:
         tracing = Tracing(runtime.Tracing.from_env(environ={}).resource,
-                          export_processor=shipper)
+                          export_processor=shipper, recorder_capacity=1000)
+        assert (tracing.recorder._feeder is shipper) is encode
         total = 20_000  # far more than a 1 MiB pipe holds
-        for _ in range(total):
-            with tracing.start_span("x", attributes={"stoic.invocation_id": "a" * 32}):
+        for i in range(total):
+            with tracing.start_span("x", attributes={"stoic.invocation_id": f"{i:032d}"}):
                 pass
         waiting = len(shipper._queue) + shipper._backlog_spans
-        assert 0 < waiting <= 50
+        assert 0 < waiting <= (50 + 10 if encode else 50)
         assert shipper.dropped > 0 and shipper.sent > 0
         assert shipper.sent + waiting + shipper.dropped == total
+        # the recorder has the newest spans, dropped or not (fed: up to a request more)
+        assert 1000 <= len(tracing.recorder) <= (1000 + 10 if encode else 1000)
+        for i in (total - 1000, total - 1):
+            assert [r.name for r in tracing.spans_for_invocation(f"{i:032d}")] == ["x"]
+        assert tracing.spans_for_invocation(f"{total - 1011:032d}") == []
     finally:
         os.kill(shipper.pid, _signal.SIGKILL)
         os.kill(shipper.pid, _signal.SIGCONT)
@@ -909,3 +922,77 @@ def test_the_recorder_loses_and_repeats_nothing_under_concurrent_adds() -> None:
         thread.join(30.0)
     ids = [item[1] for item in recorder._snapshot()]
     assert len(ids) == 4 * per_thread == len(set(ids)) == len(recorder)
+
+
+@pytest.mark.skipif(not FAST_ENCODER, reason="no C encoder")
+def test_a_recorder_fed_by_the_shipper_shows_what_one_packing_its_own_would() -> None:
+    """Exporting with the C encoder, the recorder keeps the shipper's encoded requests
+    instead of marshalling the spans again, and reads what the shipper still queues:
+    look-ups give the same records as a recorder that packs its own items, for span
+    items (events, links, a trace state, an error status, a remote parent), routes and
+    worker pairs, whether shipped already or still queued, and the newest `capacity`
+    only."""
+    from opentelemetry.sdk.resources import Resource
+
+    from runtime._tracing.otlp_wire import route_item, worker_item
+
+    def items(n: int) -> list[tuple[Any, ...]]:
+        out: list[tuple[Any, ...]] = []
+        for i in range(n):
+            tid, inv = 1 << 100 | i, f"inv-{i}"
+            out.append(("stoic.attempt", tid, 1000 + i, "k=v" if i % 3 else "", 77,
+                        bool(i % 2), 1 + i % 3, 10 * i, 10 * i + 9,
+                        {ATTR_INVOCATION_ID: inv, ATTR_ATTEMPT: 1 + i % 2, "f": 0.5,
+                         "ok": True, "many": ("a", "b")},
+                        [("child_terminated", 10 * i + 5, {ATTR_REASON: "killed"})],
+                        [(tid, 5, True, {"x": "y"})], 2 if i % 4 == 0 else 0,
+                        "boom" if i % 4 == 0 else "", 1, "stoic"))
+            out.append(route_item(tid, 2000 + i, "", 1000 + i, 10 * i + 1, 10 * i + 2,
+                                  "echo", inv, 1, "local", 1))
+            out.append(worker_item(tid, "", 1000 + i, 3000 + i, 4000 + i, 10 * i + 3,
+                                   10 * i + 4, 10 * i + 6, 10 * i + 7, "echo", inv, 1, 4242,
+                                   "ValueError" if i % 5 == 0 else "", 2))
+        return out
+
+    def tracing_for(shipper: SpanShipper | None) -> Tracing:
+        tracing = Tracing(Resource({"service.name": "stoic", "service.instance.id": "n1"}),
+                          export_processor=shipper, recorder_capacity=4000)
+        table = tracing.recorder.resources
+        assert table.number(Resource({"service.name": "stoic", "stoic.role": "worker",
+                                      "service.instance.id": "n1"})) == 2
+        return tracing
+
+    shipper = SpanShipper(environ={"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9"},
+                          schedule_delay_millis=60_000)
+    fed, own = tracing_for(shipper), tracing_for(None)
+    try:
+        assert fed.recorder._feeder is shipper and own.recorder._feeder is None
+        first = items(1)
+        for item in first:  # fewer than a chunk: only in the shipper's queue
+            fed.emit(item)
+            own.emit(item)
+        assert len(shipper._queue) == 3 and not fed.recorder._chunks
+        assert len(fed.spans_for_invocation("inv-0")) == 4
+        assert fed.spans_for_invocation("inv-0") == own.spans_for_invocation("inv-0")
+        for item in items(1500):  # 1500 x 4 spans: more than the capacity
+            fed.emit(item)
+            own.emit(item)
+        assert shipper._queue  # some spans are still queued, not yet encoded
+        assert fed.recorder._chunks and all(otlp for _, otlp, _ in fed.recorder._chunks)
+        assert not own.recorder._chunks or not any(o for _, o, _ in own.recorder._chunks)
+        for i in (0, 400, 500, 1000, 1498, 1499):  # 4,000 spans: the newest 1,000 calls
+            got = fed.spans_for_invocation(f"inv-{i}")
+            assert got == own.spans_for_invocation(f"inv-{i}"), i
+            assert len(got) == (4 if i >= 500 else 0), i
+        # at the boundary a request is kept whole: the fed recorder may know a little more
+        more = fed.spans_for_invocation("inv-499")
+        assert all(r in more for r in own.spans_for_invocation("inv-499"))
+        [attempt] = [r for r in fed.spans_for_invocation("inv-1000") if r.name == "stoic.attempt"]
+        assert attempt.status == "ERROR" and attempt.events[0].attributes[ATTR_REASON] == "killed"
+        assert attempt.attributes["many"] == ("a", "b") and attempt.node == "n1"
+        assert len(own.recorder) == 4000 <= len(fed.recorder) < 4000 + 64
+        # bounded: chunks beyond the capacity are let go
+        assert fed.recorder._chunked < 4000 + 8192
+    finally:
+        fed.shutdown(timeout=5.0)
+        own.shutdown(timeout=5.0)
