@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from bench._measure import LoadSettings, measure_target, run_floor, run_load_process
-from bench._report import format_table, ratio_lines, write_json
+from bench._report import format_table, median_interval, ratio_lines, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = (str(ROOT / "examples" / "hello.py"), str(ROOT / "examples" / "faulty.py"))
@@ -533,6 +533,7 @@ def bench_tracing(args: argparse.Namespace) -> dict[str, Any]:
     base = results["off (OTEL_SDK_DISABLED)"]["throughput"]["calls_per_s"]
     offs = [m["throughput"]["calls_per_s"] for m in rounds["off (OTEL_SDK_DISABLED)"]]
     per_round: dict[str, float] = {}
+    intervals: dict[str, list[float] | None] = {}
     for label, r in results.items():
         tput = r["throughput"]["calls_per_s"]
         each = ", ".join(f"{m['throughput']['calls_per_s']:.0f}" for m in rounds[label])
@@ -542,9 +543,16 @@ def bench_tracing(args: argparse.Namespace) -> dict[str, Any]:
         ratios = [m["throughput"]["calls_per_s"] / off
                   for m, off in zip(rounds[label], offs, strict=True)]
         per_round[label] = sorted(ratios)[len(ratios) // 2]
-        print(f"  median of the rounds' own ratios: {per_round[label]:.2f}  (by round: "
+        interval = median_interval(ratios)
+        intervals[label] = list(interval) if interval is not None else None
+        shown = (f"95 % confidence interval {interval[0]:.2f}-{interval[1]:.2f}; "
+                 if interval is not None else "")
+        print(f"  median of the rounds' own ratios: {per_round[label]:.2f}  ({shown}by round: "
               + ", ".join(f"{x:.2f}" for x in ratios) + ")")
     results["median_round_ratio"] = per_round
+    # the machine's noise, stated: where the median of all such rounds lies (distribution-
+    # free, from the order statistics; needs 6 rounds or more)
+    results["median_round_ratio_ci95"] = intervals
     for label, runs in rounds.items():
         cpu: dict[str, list[int]] = {}
         for m in runs:
