@@ -214,11 +214,10 @@ class SpanFeeder(Protocol):
         """Held, no request is on its way to the recorder."""
         ...
 
-    def queued(self) -> list[tuple[Any, ...]]:
-        """The items not yet handed over, oldest first (called while `holding`)."""
+    @property
+    def queue(self) -> collections.deque[tuple[Any, ...]]:
+        """The items not yet handed over, oldest first (read while `holding`)."""
         ...
-
-    def queued_count(self) -> int: ...
 
 
 def _copy(items: collections.deque[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
@@ -364,7 +363,7 @@ class LocalRecorder(SpanProcessor):
             with self._lock:
                 chunks = list(self._chunks)
                 recent = _copy(self._recent)
-            queued = feeder.queued() if feeder is not None else []
+            queued = _copy(feeder.queue) if feeder is not None else []
         # newest first, until `capacity` spans: a shipper's request is taken whole (its
         # spans are grouped by resource, so its last spans are not its newest)
         taken: list[list[tuple[Any, ...]]] = []

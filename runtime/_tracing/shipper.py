@@ -198,17 +198,10 @@ class SpanShipper(SpanProcessor):
     def holding(self) -> AbstractContextManager[object]:
         return self._ship_lock
 
-    def queued(self) -> list[tuple[Any, ...]]:
-        """The items queued and not yet shipped, oldest first."""
-        for _ in range(100):  # `put` appending meanwhile makes list() raise; retry
-            try:
-                return list(self._queue)
-            except RuntimeError:
-                continue
-        return []
-
-    def queued_count(self) -> int:
-        return len(self._queue)
+    @property
+    def queue(self) -> collections.deque[tuple[Any, ...]]:
+        """The items queued and not yet shipped, oldest first (`put` appends to it)."""
+        return self._queue
 
     # --- frames and the pipe ---
 
