@@ -472,8 +472,9 @@ def bench_tracing(args: argparse.Namespace) -> dict[str, Any]:
     stand-in that parses and counts), and exporting one trace in ten
     (parentbased_traceidratio 0.1).
 
-    Each round starts one single-node cluster per mode (an idle cluster costs next to
-    nothing), measures the modes one after another, the order rotating each round, and
+    Each round starts one single-node cluster per mode (an idle one takes ~60 ms of CPU a
+    second, its pings and heartbeats: the same load beside every mode's measurement),
+    measures the modes one after another, the order rotating each round, and
     stops them: the modes of a round are measured within seconds of each other, where
     whole runs one after another would measure the machine's drift, and each round has
     new clusters, since one cluster can run 10-15 % faster or slower than an identical
