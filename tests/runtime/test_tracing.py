@@ -980,10 +980,15 @@ def test_a_recorder_fed_by_the_shipper_shows_what_one_packing_its_own_would() ->
         assert shipper._queue  # some spans are still queued, not yet encoded
         assert fed.recorder._chunks and all(otlp for _, otlp, _ in fed.recorder._chunks)
         assert not own.recorder._chunks or not any(o for _, o, _ in own.recorder._chunks)
-        for i in (0, 400, 500, 1000, 1498, 1499):  # 4,000 spans: the newest 1,000 calls
+        # 4,000 spans: the newest 1,000 calls. A look-up decodes only the requests that
+        # name the invocation, then those holding its trace: 30 calls in a row include
+        # some whose spans two requests share
+        for i in (0, 400, 500, 1000, *range(1470, 1500)):
             got = fed.spans_for_invocation(f"inv-{i}")
             assert got == own.spans_for_invocation(f"inv-{i}"), i
             assert len(got) == (4 if i >= 500 else 0), i
+            if got:
+                assert fed.spans_for_trace(got[0].trace_id) == got, i
         # at the boundary a request is kept whole: the fed recorder may know a little more
         more = fed.spans_for_invocation("inv-499")
         assert all(r in more for r in own.spans_for_invocation("inv-499"))
@@ -993,6 +998,61 @@ def test_a_recorder_fed_by_the_shipper_shows_what_one_packing_its_own_would() ->
         assert len(own.recorder) == 4000 <= len(fed.recorder) < 4000 + 64
         # bounded: chunks beyond the capacity are let go
         assert fed.recorder._chunked < 4000 + 8192
+    finally:
+        fed.shutdown(timeout=5.0)
+        own.shutdown(timeout=5.0)
+
+
+@pytest.mark.skipif(not FAST_ENCODER, reason="no C encoder")
+def test_a_fed_recorder_finds_a_trace_s_spans_in_requests_that_do_not_name_the_invocation(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A look-up decodes only the requests that name the invocation, then those that hold
+    its trace: a span of the trace without the invocation id (a store call, a handler's
+    own span), shipped in a later request, is still found, as by a recorder packing its
+    own items."""
+    from opentelemetry.sdk.resources import Resource
+
+    from runtime._tracing import recorder as recorder_module
+
+    decoded: list[int] = []
+    real_decode = recorder_module.decode_request
+
+    def counting_decode(data: bytes, number: Any) -> list[tuple[Any, ...]]:
+        decoded.append(len(data))
+        return real_decode(data, number)
+
+    monkeypatch.setattr(recorder_module, "decode_request", counting_decode)
+
+    shipper = SpanShipper(environ={"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9"},
+                          schedule_delay_millis=60_000)
+    resource = Resource({"service.name": "stoic"})
+    fed = Tracing(resource, export_processor=shipper)
+    own = Tracing(resource)
+
+    def emit(item: tuple[Any, ...]) -> None:
+        fed.emit(item)
+        own.emit(item)
+
+    def span(name: str, trace_id: int, span_id: int, parent: int,
+             attrs: dict[str, Any]) -> tuple[Any, ...]:
+        return (name, trace_id, span_id, "", parent, False, 0, span_id, span_id + 1, attrs,
+                None, None, 0, "", 0, "stoic")
+
+    try:
+        emit(span("stoic.node.receive", 7 << 64, 1, 0, {ATTR_INVOCATION_ID: "the-one"}))
+        for i in range(200):  # other invocations: the receive span's request is shipped
+            emit(span("other", 9 << 64 | i, 100 + i, 0, {ATTR_INVOCATION_ID: f"other-{i}"}))
+        emit(span("stoic.store.get", 7 << 64, 2, 1, {}))  # no invocation id
+        for i in range(200):  # ... and so is the store span's, another request
+            emit(span("other", 9 << 64 | i, 400 + i, 0, {ATTR_INVOCATION_ID: f"later-{i}"}))
+        assert len(fed.recorder._chunks) >= 6
+        got = fed.spans_for_invocation("the-one")
+        # one request names it, two hold its trace: three decoded, not all of them
+        assert len(decoded) == 3
+        assert [r.name for r in got] == ["stoic.node.receive", "stoic.store.get"]
+        assert got == own.spans_for_invocation("the-one")
+        assert fed.spans_for_trace(7 << 64) == got
+        assert fed.spans_for_trace(1 << 130) == [] and fed.spans_for_invocation("none") == []
     finally:
         fed.shutdown(timeout=5.0)
         own.shutdown(timeout=5.0)
