@@ -557,8 +557,8 @@ def _decoded_attributes(key_values: Iterable[Any]) -> dict[str, Any]:
     return {kv.key: _decoded_value(kv.value) for kv in key_values}
 
 
-#: OTLP's Span.flags bits: whether the parent's remoteness is known, and that it is remote.
-_FLAG_HAS_REMOTE, _FLAG_REMOTE = 0x100, 0x200
+#: OTLP's Span.flags bit that says the parent is remote.
+_FLAG_REMOTE = 0x200
 
 
 def decode_request(data: bytes, resource_number: Callable[[dict[str, Any]], int],

@@ -196,6 +196,7 @@ class SpanShipper(SpanProcessor):
         return True
 
     def holding(self) -> AbstractContextManager[object]:
+        """Held, no batch is between the queue and the recorder (the frame lock)."""
         return self._ship_lock
 
     @property
@@ -207,9 +208,9 @@ class SpanShipper(SpanProcessor):
 
     def _ship(self, block: bool) -> None:
         """Encode (or marshal) what is queued into frames and write them (what the pipe
-        does not take now goes to the backlog). One frame at a time under `_ship_lock`, so that a
-        resource is declared before the first frame that names it, and released between
-        frames, so that a busy caller is never kept waiting behind the thread;
+        does not take now goes to the backlog). One frame at a time under `_ship_lock`,
+        so that a resource is declared before the first frame that names it, and released
+        between frames, so that a busy caller is never kept waiting behind the thread;
         `block=False` returns at once if another thread holds it (that thread or the next
         `put` takes these spans)."""
         queue = self._queue
@@ -541,7 +542,7 @@ def _child_main() -> int:
     reader = _FrameReader(sys.stdin.fileno())
     pending = 0  # spans not yet exported: added to the encoder, or in `raw`
     raw: list[memoryview] = []  # requests encoded by the node (`R` frames)
-    pending_bytes = 0  # about what the request will hold (an `M` frame's size for its)
+    pending_bytes = 0  # about what the request will hold (an `M` frame counts its size)
     first = 0.0  # when the oldest pending span came (monotonic)
 
     def export() -> None:

@@ -19,8 +19,11 @@ def test_a_raised_cancelled_error_is_stray_and_a_cancellation_is_not() -> None:
         except asyncio.CancelledError:
             seen.append(("raised", stray_cancellation()))
 
+    waiting = asyncio.Event()
+
     async def cancelled() -> None:
         try:
+            waiting.set()
             await asyncio.Event().wait()
         except asyncio.CancelledError:
             seen.append(("Task.cancel", stray_cancellation()))
@@ -29,7 +32,7 @@ def test_a_raised_cancelled_error_is_stray_and_a_cancellation_is_not() -> None:
     async def main() -> None:
         await asyncio.create_task(raises_its_own())
         task = asyncio.create_task(cancelled())
-        await asyncio.sleep(0)  # let it start waiting
+        await waiting.wait()  # it is inside its try block
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
