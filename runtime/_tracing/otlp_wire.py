@@ -505,12 +505,22 @@ class Encoder:
 
     def take(self) -> bytes:
         """The ExportTraceServiceRequest of the spans added since the last `take`."""
-        out = []
+        return b"".join(self.take_parts())
+
+    def take_parts(self) -> list[bytes]:
+        """`take()`'s bytes in parts, to be joined (with a frame header, say) in one copy:
+        each ResourceSpans' lengths are summed, not its nested messages concatenated."""
+        parts: list[bytes] = []
         for (number, scope_name), fields in self._groups.items():
-            scope_spans = _field(b"\x12", self._scope(scope_name) + b"".join(fields))
-            out.append(_field(b"\x0a", self._resources.get(number, b"\x0a\x00") + scope_spans))
+            scope = self._scope(scope_name)
+            scope_spans = len(scope) + sum(map(len, fields))
+            resource = self._resources.get(number, b"\x0a\x00")
+            head = _len(scope_spans)
+            parts += (b"\x0a", _len(len(resource) + 1 + len(head) + scope_spans), resource,
+                      b"\x12", head, scope)
+            parts += fields
         self._groups = {}
-        return b"".join(out)
+        return parts
 
     def request(self, spans: Iterable[SpanLike]) -> bytes:
         """An ExportTraceServiceRequest holding `spans` (SDK or Lean spans): for tests and
@@ -561,7 +571,8 @@ def _decoded_attributes(key_values: Iterable[Any]) -> dict[str, Any]:
 _FLAG_REMOTE = 0x200
 
 
-def decode_request(data: bytes, resource_number: Callable[[dict[str, Any]], int],
+def decode_request(data: bytes | memoryview,
+                   resource_number: Callable[[dict[str, Any]], int],
                    ) -> list[tuple[Any, ...]]:
     """The span items (16-tuples, `span_item`'s layout) of an ExportTraceServiceRequest,
     in order; `resource_number` gives the number to put in the items of each resource's
@@ -572,7 +583,8 @@ def decode_request(data: bytes, resource_number: Callable[[dict[str, Any]], int]
         ExportTraceServiceRequest,
     )
 
-    request = ExportTraceServiceRequest.FromString(data)
+    # (any buffer: the stubs say bytes, protobuf takes a memoryview of a frame as well)
+    request = ExportTraceServiceRequest.FromString(data)  # type: ignore[arg-type]
     items: list[tuple[Any, ...]] = []
     for resource_spans in request.resource_spans:
         number = resource_number(_decoded_attributes(resource_spans.resource.attributes))

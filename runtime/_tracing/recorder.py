@@ -15,6 +15,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import marshal
+import struct
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
@@ -30,6 +31,8 @@ from runtime._tracing.otlp_wire import (
     ATTR_ATTEMPT,
     ATTR_FUNCTION,
     ATTR_INVOCATION_ID,
+    FAST_ENCODER,
+    Encoder,
     decode_request,
     expand_item,
     item_invocation,
@@ -220,6 +223,10 @@ class SpanFeeder(Protocol):
         ...
 
 
+def _end_time(span: tuple[Any, ...]) -> int:
+    return span[8]  # type: ignore[no-any-return]
+
+
 def _copy(items: collections.deque[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
     """A list of a deque that other threads may append to meanwhile."""
     for _ in range(100):  # a writer appending meanwhile makes list() raise; retry
@@ -255,8 +262,7 @@ class LocalRecorder(SpanProcessor):
 
     Memory is bounded (chunks and recent items hold at most `capacity` items plus two
     chunks; an item is a span or a compact item standing for one or two); look-ups see
-    exactly the newest `capacity` spans (fed by a shipper: up to one of its requests more,
-    which is kept or let go whole). `add` is safe from any thread: a deque append,
+    exactly the newest `capacity` spans. `add` is safe from any thread: a deque append,
     and packing under a lock that nobody waits for (a thread that finds it taken leaves
     the packing to the holder or to the next `add`). `on_end` (an SDK span) reads the
     span into an item first. The look-ups (`stoic trace`, rare) unpack every packed
@@ -271,12 +277,17 @@ class LocalRecorder(SpanProcessor):
         self._pack_size = max(1, min(PACK, capacity // 8))
         self.resources = resources if resources is not None else ResourceTable()
         self._recent: collections.deque[tuple[Any, ...]] = collections.deque()
-        # chunks, oldest first: (items in it, an OTLP request rather than marshal, body)
-        self._chunks: collections.deque[tuple[int, bool, bytes]] = collections.deque()
+        # chunks, oldest first: (items in it, where its OTLP request starts in body or None
+        # for marshalled items, body)
+        self._chunks: collections.deque[tuple[int, int | None, bytes]] = collections.deque()
         self._chunked = 0  # items in _chunks
         self._lock = threading.Lock()  # packing, and reading a consistent view
         self._feeder: SpanFeeder | None = None
         self._numbers: dict[tuple[tuple[str, str], ...], int] = {}  # decoded resources
+        # packing: OTLP by the C encoder where it was built (cheaper than marshal, and
+        # look-ups can skip what does not name the invocation), else marshal
+        self._encoder = Encoder() if FAST_ENCODER else None
+        self._declared = 0  # resources[:_declared] were declared to _encoder
 
     @property
     def capacity(self) -> int:
@@ -300,13 +311,37 @@ class LocalRecorder(SpanProcessor):
         recent = self._recent
         size = self._pack_size
         while len(recent) >= size:
-            self._keep(size, False, marshal_items([recent.popleft() for _ in range(size)]))
+            batch = [recent.popleft() for _ in range(size)]
+            encoded = self._encode(batch) if self._encoder is not None else None
+            if encoded is not None:
+                self._keep(encoded[1], 0, encoded[0])
+            else:
+                self._keep(size, None, marshal_items(batch))
 
-    def _keep(self, count: int, otlp: bool, body: bytes) -> None:
-        """Append a chunk, then drop the oldest ones the newer chunks make unnecessary
-        (under `_lock`)."""
+    def _encode(self, batch: list[tuple[Any, ...]]) -> tuple[bytes, int] | None:
+        """(an ExportTraceServiceRequest, its span count) of `batch`, resources declared
+        first; None if an item does not encode (the batch is then marshalled)."""
+        encoder = self._encoder
+        assert encoder is not None
+        table = self.resources.resources
+        known = len(table)
+        try:
+            if known > self._declared:
+                encoder.add([(n, dict(table[n].attributes))
+                             for n in range(self._declared, known)])
+                self._declared = known
+            count = encoder.add(batch)
+            return encoder.take(), count
+        except (ValueError, TypeError, AttributeError, OverflowError, struct.error):
+            encoder.take()  # what was added before the item that did not encode
+            return None
+
+    def _keep(self, count: int, start: int | None, body: bytes) -> None:
+        """Append a chunk (`start`: where its request starts in `body`; None for marshalled
+        items), then drop the oldest ones the newer chunks make unnecessary (under
+        `_lock`)."""
         chunks = self._chunks
-        chunks.append((count, otlp, body))
+        chunks.append((count, start, body))
         self._chunked += count
         while self._chunked - chunks[0][0] >= self._capacity:
             self._chunked -= chunks.popleft()[0]
@@ -316,11 +351,12 @@ class LocalRecorder(SpanProcessor):
         it made with `add_request`, and look-ups read what it still queues."""
         self._feeder = feeder
 
-    def add_request(self, request: bytes, spans: int) -> None:
-        """Record the `spans` spans of an encoded ExportTraceServiceRequest."""
+    def add_request(self, request: bytes, spans: int, start: int = 0) -> None:
+        """Record the `spans` spans of an encoded ExportTraceServiceRequest,
+        `request[start:]` (a shipper hands over its frame, which is kept as it is)."""
         if spans > 0:
             with self._lock:
-                self._keep(spans, True, request)
+                self._keep(spans, start, request)
 
     def _resource_number(self, attributes: dict[str, Any]) -> int:
         """The number of the resource with `attributes` (a decoded request's), added to
@@ -356,10 +392,10 @@ class LocalRecorder(SpanProcessor):
 
     def _snapshot(self, needles: tuple[bytes, ...] = ()) -> list[tuple[Any, ...]]:
         """The newest `capacity` spans as span items (compact items expanded), oldest
-        first; up to one request more where a shipper feeds this recorder. With
-        `needles`, a shipper's request in which none of them occurs is left out undecoded
-        (its span count is known): a look-up decodes the few requests that can matter,
-        not all of them (~100 ms for 10,000 spans, on the node's event loop)."""
+        first. With `needles`, an encoded request in which none of them occurs is left
+        out undecoded (its span count is known): a look-up decodes the few requests that
+        can matter, not all of them (~100 ms for 10,000 spans, on the node's event
+        loop)."""
         feeder = self._feeder
         with feeder.holding() if feeder is not None else contextlib.nullcontext():
             # a feeder hands over requests under its lock: none is between its queue
@@ -368,8 +404,7 @@ class LocalRecorder(SpanProcessor):
                 chunks = list(self._chunks)
                 recent = _copy(self._recent)
             queued = _copy(feeder.queue) if feeder is not None else []
-        # newest first, until `capacity` spans: a shipper's request is taken whole (its
-        # spans are grouped by resource, so its last spans are not its newest)
+        # newest first, until `capacity` spans
         taken: list[list[tuple[Any, ...]]] = []
         need = self._capacity
         for part in (queued, recent):
@@ -377,14 +412,19 @@ class LocalRecorder(SpanProcessor):
                 spans = [span for item in part for span in expand_item(item)][-need:]
                 taken.append(spans)
                 need -= len(spans)
-        for count, otlp, body in reversed(chunks):
+        for count, start, body in reversed(chunks):
             if need <= 0:
                 break
-            if otlp:
+            if start is not None:
+                # (a needle found across the frame's head and its request costs a decode)
                 if needles and not any(needle in body for needle in needles):
                     need -= count
                     continue
-                spans = decode_request(body, self._resource_number)
+                spans = decode_request(memoryview(body)[start:], self._resource_number)
+                if len(spans) > need:
+                    # a request groups its spans by resource: its newest are the
+                    # last to end, not its last
+                    spans = sorted(spans, key=_end_time)[-need:]
             else:
                 spans = [span for item in marshal.loads(body)
                          for span in expand_item(item)][-need:]
@@ -412,7 +452,8 @@ class LocalRecorder(SpanProcessor):
         # a request holds the id as UTF-8, and the trace ids as 16 bytes each
         spans = self._snapshot((invocation_id.encode(),))
         traces = {span[1] for span in spans if item_invocation(span) == invocation_id}
-        if traces and self._feeder is not None:  # the traces' other spans, in other requests
+        if traces and (self._feeder is not None or self._encoder is not None):
+            # the traces' other spans, in requests the first look skipped
             spans = self._snapshot(tuple(t.to_bytes(16, "big") for t in traces))
         return self._records(span for span in spans if span[1] in traces)
 

@@ -62,6 +62,7 @@ log = logging.getLogger("stoic.tracing")
 _HEADER = struct.Struct(">cI")
 _COUNT = struct.Struct(">I")  # an `R` frame's span count
 _KINDS = (b"M", b"R", b"F")
+_R_HEAD = _HEADER.size + _COUNT.size  # where an `R` frame's request starts
 
 #: Spans per export request when OTEL_BSP_MAX_EXPORT_BATCH_SIZE is not set: the
 #: OpenTelemetry Collector's batch processor default, not the SDK's 512. A request costs
@@ -236,14 +237,15 @@ class SpanShipper(SpanProcessor):
                     if encoded is None:
                         self.dropped += spans
                         continue
-                    request, count = encoded
+                    parts, count = encoded
+                    size = _COUNT.size + sum(map(len, parts))
+                    # the frame in one copy; the recorder keeps it as it is
+                    frame = b"".join([_HEADER.pack(b"R", size), _COUNT.pack(count), *parts])
                     if self._recorder is not None:
-                        self._recorder.add_request(request, count)
+                        self._recorder.add_request(frame, count, _R_HEAD)
                         if self._backlog_spans + spans > self._max_queue:
                             self.dropped += spans  # the recorder has them
                             continue
-                    frame = (_HEADER.pack(b"R", _COUNT.size + len(request))
-                             + _COUNT.pack(count) + request)
                 else:
                     body = marshal_items(batch)
                     frame = _HEADER.pack(b"M", len(body)) + body
@@ -251,13 +253,15 @@ class SpanShipper(SpanProcessor):
             finally:
                 self._ship_lock.release()
 
-    def _encode(self, batch: list[tuple[Any, ...]]) -> tuple[bytes, int] | None:
-        """The batch as an ExportTraceServiceRequest and its span count; None if an item
-        is malformed (the batch is dropped, as the child would drop it)."""
+    def _encode(self, batch: list[tuple[Any, ...]]) -> tuple[list[bytes], int] | None:
+        """The batch as an ExportTraceServiceRequest (in parts, `Encoder.take_parts`)
+        and its span count; None if an item is malformed (the batch is dropped, as the
+        child would drop it)."""
         encoder = self._encoder
         assert encoder is not None
         try:
-            return encoder.items(batch)
+            count = encoder.add(batch)
+            return encoder.take_parts(), count
         except (ValueError, TypeError, AttributeError, OverflowError, struct.error) as exc:
             encoder.take()  # what was added before the bad item
             log.error("span shipper: a batch did not encode (%s); dropped", exc)

@@ -130,8 +130,8 @@ _INTERNAL = SpanKind.INTERNAL.value
 _UNSET_CODE = StatusCode.UNSET.value
 
 
-def _new_span_id() -> int:
-    return random.getrandbits(64) or 1
+#: a span id is `_bits(64) or 1` (written out where spans are made: a call less)
+_bits = random.getrandbits
 
 
 class _SpanScope:
@@ -229,6 +229,12 @@ class Tracing:
             # a shipper that encodes hands the recorder its requests: spans are queued
             # once and serialized once
             self._record = None
+        only = (self._ship if self._record is None
+                else self._record if self._ship is None else None)
+        if only is not None and not disabled:
+            # spans go to one place: `emit` is that place's own method (a Python call
+            # less per span; `shutdown` restores the checking one)
+            self.emit = only  # type: ignore[method-assign]
         self._sampler = sampler or sampling.ParentBased(sampling.ALWAYS_ON)
         self._bound = _parentbased_bound(self._sampler)
         self._exporting = (exporter is not None or export_processor is not None) and not disabled
@@ -378,13 +384,13 @@ class Tracing:
         ctx: Context | None = None
         if type(parent_like) is LeanSpan:  # the node's own spans: the cheapest check first
             if self._bound is not None:  # parentbased_*: a LeanSpan is sampled, so is its child
-                return LeanSpan(self, name, parent_like.trace_id, _new_span_id(),
+                return LeanSpan(self, name, parent_like.trace_id, _bits(64) or 1,
                                 parent_like.span_id, False, kind, attributes, links,
                                 parent_like.trace_state)
             parent = parent_like.get_span_context()
         elif type(parent_like) is QuietSpan and self._bound is not None:
             # parentbased_*: a dropped span's children are dropped
-            return QuietSpan(parent_like.trace_id, _new_span_id(), parent_like.trace_state)
+            return QuietSpan(parent_like.trace_id, _bits(64) or 1, parent_like.trace_state)
         elif type(parent_like) is dict:  # gRPC metadata: parse the header, no Context
             parent = (remote_parent(cast("dict[str, str]", parent_like))
                       or trace.INVALID_SPAN_CONTEXT)
@@ -405,11 +411,11 @@ class Tracing:
             sampled = self._sampler.should_sample(
                 ctx, trace_id, name, kind, attributes, links).decision.is_sampled()
         if not sampled:
-            return QuietSpan(trace_id, _new_span_id(), parent.trace_state if valid else None)
+            return QuietSpan(trace_id, _bits(64) or 1, parent.trace_state if valid else None)
         if valid:
-            return LeanSpan(self, name, trace_id, _new_span_id(), parent.span_id,
+            return LeanSpan(self, name, trace_id, _bits(64) or 1, parent.span_id,
                             parent.is_remote, kind, attributes, links, parent.trace_state)
-        return LeanSpan(self, name, trace_id, _new_span_id(), 0, False, kind, attributes,
+        return LeanSpan(self, name, trace_id, _bits(64) or 1, 0, False, kind, attributes,
                         links)
 
     # --- SpanOwner (LeanSpan) ---
@@ -500,7 +506,7 @@ class Tracing:
             sdk_span.end(end_time=end_time)
             return
         trace_id, parent_id, state = ids
-        self.emit((name, trace_id, _new_span_id(), state, parent_id, False, _INTERNAL,
+        self.emit((name, trace_id, _bits(64) or 1, state, parent_id, False, _INTERNAL,
                    start_time, end_time, dict(attributes), None, None, _UNSET_CODE, "",
                    self.resource_number, _SCOPE))
 
@@ -518,7 +524,7 @@ class Tracing:
         if ids is None:
             return
         trace_id, parent_id, state = ids
-        self.emit(route_item(trace_id, _new_span_id(), state, parent_id, start_time, end_time,
+        self.emit(route_item(trace_id, _bits(64) or 1, state, parent_id, start_time, end_time,
                              function, invocation_id, attempt, target, self.resource_number))
 
     def record_worker_spans(
@@ -543,8 +549,8 @@ class Tracing:
         if ids is None:
             return
         trace_id, parent_id, state = ids
-        execute_id = timing.execute_span_id or _new_span_id()
-        handler_id = timing.handler_span_id or _new_span_id()
+        execute_id = timing.execute_span_id or _bits(64) or 1
+        handler_id = timing.handler_span_id or _bits(64) or 1
         if self._lean:
             self.emit(worker_item(trace_id, state, parent_id, execute_id, handler_id,
                                   timing.execute_start, timing.handler_start,
@@ -600,6 +606,7 @@ class Tracing:
         if provider is None or self._shut:
             return True
         self._shut = True
+        vars(self).pop("emit", None)  # the method that checks `_shut`
         if not self._exporting:
             provider.shutdown()
             return True

@@ -313,3 +313,51 @@ def test_the_c_encoder_hands_back_what_it_does_not_take() -> None:
     assert list(groups) == [(0, "stoic")] and len(groups[(0, "stoic")]) == 1
     with pytest.raises(struct.error):
         Encoder().add([bad_time])
+
+
+def test_the_c_encoder_with_more_groups_than_it_keeps_slots_for() -> None:
+    """A call whose spans belong to more (resource, scope) groups than the C part keeps
+    buffers for (8) hands the first groups over mid-call: the same bytes as Python's,
+    each group's spans in order, the groups in the order first seen."""
+    _compiled_or_skip()
+    resources = 11
+    declared = [(n, {"service.name": f"svc-{n}"}) for n in range(resources)]
+    items = [("r", TRACE + k, 0x100 + k, "", 0x10, 100 + k, 105 + k, "echo", f"inv-{k}", 1,
+              "local", (k * 7) % resources) for k in range(40)]
+    expected, expected_count = Encoder(compiled=False).items([*declared, *items])
+    body, count = Encoder().items([*declared, *items])
+    assert count == expected_count == 40
+    assert body == expected
+    assert len(ExportTraceServiceRequest.FromString(body).resource_spans) == resources
+
+
+def test_the_c_encoder_called_again_from_inside_a_call_keeps_both_right() -> None:
+    """An item whose resource number compares by calling the encoder again (a nested
+    call, which must not write into the outer call's buffers): both calls give what the
+    Python encoder gives."""
+    _compiled_or_skip()
+    from runtime._tracing import otlp_wire
+
+    inner_item = ("r", TRACE, 0x21, "", 0x20, 1, 2, "inner", "inv-in", 1, "local", 0)
+    inner_results: list[bytes] = []
+
+    class Nosy(int):
+        def __eq__(self, other: object) -> bool:
+            groups: dict[Any, list[bytes]] = {}
+            otlp_wire._FAST.add([inner_item] * 3, groups)
+            inner_results.append(b"".join(groups[(0, "stoic")]))
+            return int(self) == other
+
+        __hash__ = int.__hash__
+
+    one, also_one = Nosy(1), Nosy(1)  # equal, not the same object: compared
+    outer = [("r", TRACE, 0x30 + k, "", 0x10, 10, 20, "echo", "inv-out", 1, "local", res)
+             for k, res in enumerate([one, also_one, one, also_one])]
+    groups: dict[Any, list[bytes]] = {}
+    count, rest = otlp_wire._FAST.add(outer, groups)
+    assert count == 4 and rest == [] and inner_results
+    python = Encoder(compiled=False)
+    python.add(outer)
+    assert b"".join(groups[(1, "stoic")]) == b"".join(python._groups[(1, "stoic")])
+    python.add([inner_item] * 3)
+    assert set(inner_results) == {b"".join(python._groups[(0, "stoic")])}

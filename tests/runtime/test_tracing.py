@@ -927,11 +927,11 @@ def test_the_recorder_loses_and_repeats_nothing_under_concurrent_adds() -> None:
 @pytest.mark.skipif(not FAST_ENCODER, reason="no C encoder")
 def test_a_recorder_fed_by_the_shipper_shows_what_one_packing_its_own_would() -> None:
     """Exporting with the C encoder, the recorder keeps the shipper's encoded requests
-    instead of marshalling the spans again, and reads what the shipper still queues:
-    look-ups give the same records as a recorder that packs its own items, for span
-    items (events, links, a trace state, an error status, a remote parent), routes and
-    worker pairs, whether shipped already or still queued, and the newest `capacity`
-    only."""
+    instead of encoding the spans again, and reads what the shipper still queues:
+    look-ups give the same records as a recorder that packs its own items (as OTLP
+    requests, or with marshal where the C encoder is not built), for span items
+    (events, links, a trace state, an error status, a remote parent), routes and worker
+    pairs, whether shipped already or still queued, and the newest `capacity` only."""
     from opentelemetry.sdk.resources import Resource
 
     from runtime._tracing.otlp_wire import route_item, worker_item
@@ -964,43 +964,55 @@ def test_a_recorder_fed_by_the_shipper_shows_what_one_packing_its_own_would() ->
 
     shipper = SpanShipper(environ={"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9"},
                           schedule_delay_millis=60_000)
-    fed, own = tracing_for(shipper), tracing_for(None)
+    fed, own, marshalled = tracing_for(shipper), tracing_for(None), tracing_for(None)
+    marshalled.recorder._encoder = None  # packs with marshal, as without the C encoder
     try:
         assert fed.recorder._feeder is shipper and own.recorder._feeder is None
-        first = items(1)
-        for item in first:  # fewer than a chunk: only in the shipper's queue
+
+        def emit(item: tuple[Any, ...]) -> None:
             fed.emit(item)
             own.emit(item)
+            marshalled.emit(item)
+
+        def same(invocation: str) -> list[Any]:
+            got = fed.spans_for_invocation(invocation)
+            assert got == own.spans_for_invocation(invocation), invocation
+            assert got == marshalled.spans_for_invocation(invocation), invocation
+            return got
+
+        for item in items(1):  # fewer than a chunk: only in the shipper's queue
+            emit(item)
         assert len(shipper._queue) == 3 and not fed.recorder._chunks
-        assert len(fed.spans_for_invocation("inv-0")) == 4
-        assert fed.spans_for_invocation("inv-0") == own.spans_for_invocation("inv-0")
+        assert len(same("inv-0")) == 4
         for item in items(1500):  # 1500 x 4 spans: more than the capacity
-            fed.emit(item)
-            own.emit(item)
+            emit(item)
         assert shipper._queue  # some spans are still queued, not yet encoded
-        assert fed.recorder._chunks and all(otlp for _, otlp, _ in fed.recorder._chunks)
-        assert not own.recorder._chunks or not any(o for _, o, _ in own.recorder._chunks)
+        # the shipper's frames (the request after the frame's head), the recorder's own
+        # requests, marshalled items
+        assert fed.recorder._chunks and {at for _, at, _ in fed.recorder._chunks} == {9}
+        assert {at for _, at, _ in own.recorder._chunks} == {0}
+        assert {at for _, at, _ in marshalled.recorder._chunks} == {None}
         # 4,000 spans: the newest 1,000 calls. A look-up decodes only the requests that
         # name the invocation, then those holding its trace: 30 calls in a row include
         # some whose spans two requests share
         for i in (0, 400, 500, 1000, *range(1470, 1500)):
-            got = fed.spans_for_invocation(f"inv-{i}")
-            assert got == own.spans_for_invocation(f"inv-{i}"), i
+            got = same(f"inv-{i}")
             assert len(got) == (4 if i >= 500 else 0), i
             if got:
                 assert fed.spans_for_trace(got[0].trace_id) == got, i
-        # at the boundary a request is kept whole: the fed recorder may know a little more
-        more = fed.spans_for_invocation("inv-499")
-        assert all(r in more for r in own.spans_for_invocation("inv-499"))
-        [attempt] = [r for r in fed.spans_for_invocation("inv-1000") if r.name == "stoic.attempt"]
+                assert own.spans_for_trace(got[0].trace_id) == got, i
+        # at the boundary, the newest spans of the oldest request kept
+        assert len(same("inv-499")) == 0
+        [attempt] = [r for r in same("inv-1000") if r.name == "stoic.attempt"]
         assert attempt.status == "ERROR" and attempt.events[0].attributes[ATTR_REASON] == "killed"
         assert attempt.attributes["many"] == ("a", "b") and attempt.node == "n1"
-        assert len(own.recorder) == 4000 <= len(fed.recorder) < 4000 + 64
+        assert len(own.recorder) == len(fed.recorder) == len(marshalled.recorder) == 4000
         # bounded: chunks beyond the capacity are let go
         assert fed.recorder._chunked < 4000 + 8192
     finally:
         fed.shutdown(timeout=5.0)
         own.shutdown(timeout=5.0)
+        marshalled.shutdown(timeout=5.0)
 
 
 @pytest.mark.skipif(not FAST_ENCODER, reason="no C encoder")
@@ -1009,7 +1021,7 @@ def test_a_fed_recorder_finds_a_trace_s_spans_in_requests_that_do_not_name_the_i
     """A look-up decodes only the requests that name the invocation, then those that hold
     its trace: a span of the trace without the invocation id (a store call, a handler's
     own span), shipped in a later request, is still found, as by a recorder packing its
-    own items."""
+    own items (which packs them as requests too, and looks them up the same way)."""
     from opentelemetry.sdk.resources import Resource
 
     from runtime._tracing import recorder as recorder_module
@@ -1050,9 +1062,32 @@ def test_a_fed_recorder_finds_a_trace_s_spans_in_requests_that_do_not_name_the_i
         # one request names it, two hold its trace: three decoded, not all of them
         assert len(decoded) == 3
         assert [r.name for r in got] == ["stoic.node.receive", "stoic.store.get"]
-        assert got == own.spans_for_invocation("the-one")
+        # a recorder that packs its own requests (not exporting) looks up the same way
+        assert len(own.recorder._chunks) >= 6
+        assert got == own.spans_for_invocation("the-one") and len(decoded) == 6
         assert fed.spans_for_trace(7 << 64) == got
         assert fed.spans_for_trace(1 << 130) == [] and fed.spans_for_invocation("none") == []
     finally:
         fed.shutdown(timeout=5.0)
         own.shutdown(timeout=5.0)
+
+
+@pytest.mark.skipif(not FAST_ENCODER, reason="no C encoder")
+def test_a_recorder_marshals_a_chunk_that_does_not_encode() -> None:
+    """The recorder packs its items as OTLP requests where the C encoder is built; a
+    chunk holding an item no encoder takes (a float start time here) is marshalled
+    instead, and look-ups find its spans either way."""
+    from runtime._tracing.recorder import LocalRecorder
+
+    recorder = LocalRecorder(capacity=16)  # packs every 2 items
+
+    def span(invocation: str, start: Any) -> tuple[Any, ...]:
+        return ("s", 5 << 64, 1, "", 0, False, 0, start, 20, {ATTR_INVOCATION_ID: invocation},
+                None, None, 0, "", 0, "stoic")
+
+    for item in (span("a", 10), span("b", 11), span("c", 12.5), span("d", 13)):
+        recorder.add(item)
+    assert [at for _, at, _ in recorder._chunks] == [0, None]
+    found = recorder.spans_for_invocation("c")  # one trace: all four
+    assert [r.attributes[ATTR_INVOCATION_ID] for r in found] == ["a", "b", "c", "d"]
+    assert len(recorder) == 4
