@@ -34,6 +34,7 @@ from opentelemetry.util import types
 __all__ = ["LeanSpan", "QuietSpan", "SpanOwner"]
 
 _UNSET = Status(StatusCode.UNSET)
+_UNSET_CODE = StatusCode.UNSET._value_
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
 _NOT_SAMPLED = TraceFlags(TraceFlags.DEFAULT)
 
@@ -178,6 +179,10 @@ class LeanSpan(trace.Span):
         self.end_time = end = end_time or time.time_ns()
         owner = self._owner
         status = self.status
+        if status is _UNSET:  # most spans: no calls to Status's properties
+            code, description = _UNSET_CODE, ""
+        else:
+            code, description = status.status_code._value_, status.description or ""
         state = self.trace_state
         events = self.events
         links = self.links
@@ -189,8 +194,7 @@ class LeanSpan(trace.Span):
             else None,
             [(ln.context.trace_id, ln.context.span_id, ln.context.is_remote,
               dict(ln.attributes or {})) for ln in links] if links else None,
-            status.status_code._value_, status.description or "", owner.resource_number,
-            owner.scope.name))
+            code, description, owner.resource_number, owner.scope.name))
 
     def __repr__(self) -> str:
         return f"LeanSpan({self.name!r}, span_id={self.span_id:016x})"

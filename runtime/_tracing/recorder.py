@@ -3,8 +3,9 @@
 Every node keeps its own last N spans so that a trace can be looked at without Jaeger.
 It keeps them as span items (`otlp_wire.span_item`'s flat tuples, or a compact item that
 stands for a route or a worker's two spans: the same tuples the exporter pipe carries), so a
-span that ends costs one tuple whether it is recorded, exported or both, packed with
-`marshal` a few dozen at a time (see `LocalRecorder`). Look-ups turn items
+span that ends costs one tuple whether it is recorded, exported or both, packed a few
+dozen at a time into an OTLP request (or with `marshal` where the C encoder was not
+built; see `LocalRecorder`). Look-ups turn items
 into `SpanRecord`s: small frozen dataclasses of plain values (`to_dict`/`from_dict` give
 JSON-safe dicts) that a Control API call can ship between nodes; `render_tree` accepts the
 union of records gathered from several nodes.
@@ -241,23 +242,25 @@ class LocalRecorder(SpanProcessor):
     """The last `capacity` finished spans.
 
     `add` appends an item to a deque of recent ones; every `PACK` items, they are packed
-    into one `marshal`led bytes object in a bounded deque of chunks, and the items
-    themselves are freed at once. Why not keep the items: a node records every
+    into one bytes object in a bounded deque of chunks, and the items themselves are
+    freed at once: an ExportTraceServiceRequest written by the C encoder where it was
+    built (`otlp_wire.FAST_ENCODER`; ~6k instructions an invocation, where `marshal`
+    took ~13k, and a look-up can skip a request that does not name what it looks for),
+    else `marshal`led items (also for a chunk with an item no encoder takes). Why not
+    keep the items: a node records every
     invocation's spans, and thousands of small objects kept alive for thousands of
     invocations and then freed oldest first hand every later allocation of their sizes
     cold memory (pymalloc reuses the most recently freed block). Packed, the same spans
     take a third of the memory, in blocks of a few kB, and the node's small objects
     stay in cache: ~49 fewer last-level cache misses per invocation with a 10,000-item
     recorder (cachegrind, 2 MiB simulated), for ~0.6 µs of `marshal` per invocation (in
-    a loop; ~2 % of the node's py-spy samples under load).
+    a loop; ~2 % of the node's py-spy samples under load), less when encoding.
 
     When the node exports spans and encodes them itself (a `SpanShipper` with the C
-    encoder), the recorder does not pack them again: the shipper hands it each
-    ExportTraceServiceRequest it made (`add_request`, ~64 spans), which is kept as it is
-    and decoded only by a look-up, and the spans still queued in the shipper are read
-    from its queue. One serialization instead of two: the `marshal` of every span was
-    ~13k of the ~93k instructions per invocation that exporting cost a node (callgrind).
-    Spans are kept locally even when the collector is down (the shipper drops frames
+    encoder), the recorder does not pack them again: the shipper hands it each frame it
+    made (`add_request`, ~64 spans), which is kept as it is and decoded only by a
+    look-up, and the spans still queued in the shipper are read from its queue. One
+    serialization instead of two. Spans are kept locally even when the collector is down (the shipper drops frames
     after handing them over, not spans before).
 
     Memory is bounded (chunks and recent items hold at most `capacity` items plus two
@@ -265,9 +268,9 @@ class LocalRecorder(SpanProcessor):
     exactly the newest `capacity` spans. `add` is safe from any thread: a deque append,
     and packing under a lock that nobody waits for (a thread that finds it taken leaves
     the packing to the holder or to the next `add`). `on_end` (an SDK span) reads the
-    span into an item first. The look-ups (`stoic trace`, rare) unpack every packed
-    chunk, decode only the shipper's requests that name the invocation or hold its
-    traces (a bytes search first), and make `SpanRecord`s then.
+    span into an item first. The look-ups (`stoic trace`, rare) unpack every marshalled
+    chunk, decode only the requests that name the invocation or hold its traces (a
+    bytes search first), and make `SpanRecord`s then.
     """
 
     def __init__(self, capacity: int = 10_000, resources: ResourceTable | None = None) -> None:
