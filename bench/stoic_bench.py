@@ -474,8 +474,9 @@ def bench_tracing(args: argparse.Namespace) -> dict[str, Any]:
 
     Each round starts one single-node cluster per mode (an idle one takes ~60 ms of CPU a
     second, its pings and heartbeats: the same load beside every mode's measurement),
-    measures the modes one after another, the order rotating each round, and
-    stops them: the modes of a round are measured within seconds of each other, where
+    measures the modes one after another, the order rotating each round (throughput in
+    `--slices` turns, the modes taking turns, so that the machine's drift within the
+    round is spread over all of them), and stops them: the modes of a round are measured within seconds of each other, where
     whole runs one after another would measure the machine's drift, and each round has
     new clusters, since one cluster can run 10-15 % faster or slower than an identical
     one for its whole life (placement, hash seeds), which kept for a whole run would be
@@ -485,6 +486,9 @@ def bench_tracing(args: argparse.Namespace) -> dict[str, Any]:
     settings = LoadSettings(latency_count=args.count, throughput_count=args.count * 3,
                             concurrency=args.concurrency, warmup=min(200, args.count),
                             api="stream")  # as the Python client calls
+    slices = max(1, args.slices)
+    per_slice = dataclasses.replace(settings, throughput_count=max(
+        1, settings.throughput_count // slices))
     rounds: dict[str, list[dict[str, Any]]] = {}
     with _otlp_sink() as (endpoint, spans_received, sink_pid):
         modes = [
@@ -506,21 +510,39 @@ def bench_tracing(args: argparse.Namespace) -> dict[str, Any]:
                     clusters[label] = c = stack.enter_context(cluster(zones=("a",), env=env))
                     with Client(c.addresses) as warm:
                         assert warm.invoke("echo", 1).value == 1
+                this_round: dict[str, dict[str, Any]] = {}
                 for label, _ in order:
                     _say(f"round {r + 1}/{args.rounds}: {label}")
                     c = clusters[label]
-                    roots = [n.pid for n in c.nodes if n.pid] + [sink_pid]
-                    _settled(roots)
-                    run = {"latency": run_load_process(c.addresses[0], "latency", settings)}
-                    _settled(roots)
-                    before = _process_cpu(roots)
-                    run["throughput"] = run_load_process(c.addresses[0], "throughput",
-                                                         settings)
-                    after = _process_cpu(roots)
-                    calls = settings.throughput_count + settings.warmup
-                    run["cpu_us_per_call"] = {  # at full load
-                        k: round((after[k] - before.get(k, 0.0)) / calls * 1e6)
-                        for k in sorted(after)}
+                    _settled([n.pid for n in c.nodes if n.pid] + [sink_pid])
+                    this_round[label] = {"latency": run_load_process(c.addresses[0], "latency",
+                                                               settings)}
+                # Throughput in slices, the modes taking turns: the machine's speed drifts
+                # within seconds, so each mode's figure is spread over the whole round.
+                turns: dict[str, list[float]] = {}  # label: [calls, seconds]
+                used_cpu: dict[str, dict[str, float]] = {}
+                for _ in range(slices):
+                    for label, _ in order:
+                        c = clusters[label]
+                        roots = [n.pid for n in c.nodes if n.pid] + [sink_pid]
+                        _settled(roots)
+                        before = _process_cpu(roots)
+                        measure = run_load_process(c.addresses[0], "throughput", per_slice)
+                        after = _process_cpu(roots)
+                        acc = turns.setdefault(label, [0.0, 0.0])
+                        acc[0] += measure["calls_per_s"] * measure["elapsed_s"]
+                        acc[1] += measure["elapsed_s"]
+                        used = used_cpu.setdefault(label, {})
+                        for k, v in after.items():
+                            used[k] = used.get(k, 0.0) + v - before.get(k, 0.0)
+                        this_round[label]["throughput"] = measure  # its percentiles: the last slice's
+                for label, run in this_round.items():
+                    ok_calls, secs = turns[label]
+                    run["throughput"] = {**run["throughput"], "calls_per_s": ok_calls / secs,
+                                         "elapsed_s": secs}
+                    counted = slices * (per_slice.throughput_count + per_slice.warmup)
+                    run["cpu_us_per_call"] = {  # at full load, warm-ups included
+                        k: round(v / counted * 1e6) for k, v in sorted(used_cpu[label].items())}
                     rounds.setdefault(label, []).append(run)
         spans = spans_received()
 
@@ -551,6 +573,7 @@ def bench_tracing(args: argparse.Namespace) -> dict[str, Any]:
         print(f"  median of the rounds' own ratios: {per_round[label]:.2f}  ({shown}by round: "
               + ", ".join(f"{x:.2f}" for x in ratios) + ")")
     results["median_round_ratio"] = per_round
+    results["throughput_slices"] = slices
     # the machine's noise, stated: where the median of all such rounds lies (distribution-
     # free, from the order statistics; needs 6 rounds or more)
     results["median_round_ratio_ci95"] = intervals
@@ -574,6 +597,20 @@ def bench_tracing(args: argparse.Namespace) -> dict[str, Any]:
         print(f"Stoic CPU per call, node + worker + exporter ({label}): {total:.0f} µs, "
               f"{total / base_cpu:.2f}× off")
     results["stoic_cpu_us_per_call"] = stoic_cpu
+    # ... and round by round, as for throughput: each round's own CPU ratio to off
+    cpu_ratio: dict[str, list[float] | None] = {}
+    off_runs = rounds["off (OTEL_SDK_DISABLED)"]
+    for label, runs in rounds.items():
+        ratios = [sum(v for k, v in m["cpu_us_per_call"].items() if k != "sink")
+                  / (sum(v for k, v in o["cpu_us_per_call"].items() if k != "sink") or 1)
+                  for m, o in zip(runs, off_runs, strict=True)]
+        interval = median_interval(ratios)
+        median = sorted(ratios)[len(ratios) // 2]
+        cpu_ratio[label] = [median, *interval] if interval is not None else [median]
+        print(f"  Stoic CPU, median of the rounds' own ratios ({label}): {median:.2f}"
+              + (f" (95 % confidence interval {interval[0]:.2f}-{interval[1]:.2f})"
+                 if interval is not None else ""))
+    results["stoic_cpu_round_ratio"] = cpu_ratio
     print(f"spans received over OTLP: {spans}")
     results["spans_received"] = spans
     results["rounds"] = {label: [m["throughput"]["calls_per_s"] for m in runs]
@@ -720,6 +757,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="functions deployed by `cold-start` (each keeps an instance)")
     p.add_argument("--rounds", type=int, default=3,
                    help="interleaved rounds for `invoke` and `tracing` (median reported)")
+    p.add_argument("--slices", type=int, default=3,
+                   help="`tracing`: each round's throughput runs in this many turns per mode")
     p.add_argument("--redis", default="", help="also run async against this Redis URL")
     p.add_argument("--json", default="", help="write the figures to this file")
     p.add_argument("--chaos", action="store_true", help="same as `stoic bench chaos`")

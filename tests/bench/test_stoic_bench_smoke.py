@@ -33,6 +33,7 @@ def test_stoic_bench_smoke(args: list[str], tmp_path: Path) -> None:
         assert figures["tracing"]["spans_received"] > 0
         assert figures["tracing"]["stoic_cpu_us_per_call"]["OTLP export"] > 0
         assert figures["tracing"]["median_round_ratio"]["off (OTEL_SDK_DISABLED)"] == 1.0
+        assert figures["tracing"]["throughput_slices"] == 3
         # too few rounds in a smoke run for a 95 % interval of the median: none is made up
         assert set(figures["tracing"]["median_round_ratio_ci95"].values()) == {None}
 
