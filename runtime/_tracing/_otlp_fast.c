@@ -209,13 +209,19 @@ static int key_field(PyObject *key, const unsigned char **field, Py_ssize_t *len
     *p++ = 0x0a;
     p = w_varint(p, (uint64_t)n);
     memcpy(p, s, (size_t)n);
-    /* replace what the slot held */
-    Py_XDECREF(slot->key);
-    PyMem_Free(slot->field);
+    /* replace what the slot held: the slot is whole again before the old key is let go
+     * (which could run code, a str subclass's __del__, that uses the cache) */
+    PyObject *old_key = slot->key;
+    unsigned char *old_field = slot->field;
     Py_INCREF(key);
     slot->key = key;
     slot->field = enc;
     slot->len = (p + n) - enc;
+    PyMem_Free(old_field);
+    Py_XDECREF(old_key);
+    if (slot->field != enc) {  /* replaced again meanwhile: let Python encode this one */
+        return 1;
+    }
     *field = enc;
     *len = slot->len;
     return 0;

@@ -1091,3 +1091,16 @@ def test_a_recorder_marshals_a_chunk_that_does_not_encode() -> None:
     found = recorder.spans_for_invocation("c")  # one trace: all four
     assert [r.attributes[ATTR_INVOCATION_ID] for r in found] == ["a", "b", "c", "d"]
     assert len(recorder) == 4
+
+
+def test_spans_that_end_after_shutdown_are_not_recorded() -> None:
+    """`emit` is the recorder's own `add` while tracing runs (a call less per span);
+    `shutdown` puts the checking method back: later spans are made, not recorded."""
+    tracing = Tracing.from_env(environ={}, recorder_capacity=100)
+    assert tracing.emit == tracing.recorder.add
+    with tracing.start_span("before", attributes={ATTR_INVOCATION_ID: "one"}):
+        pass
+    tracing.shutdown()
+    with tracing.start_span("after", attributes={ATTR_INVOCATION_ID: "one"}) as span:
+        assert span.is_recording()
+    assert [r.name for r in tracing.spans_for_invocation("one")] == ["before"]
