@@ -681,25 +681,17 @@ static Group *group_slot(PyObject *groups, Group *slots, int *used, PyObject *re
                          PyObject *scope) {
     for (int i = 0; i < *used; i++) {
         Group *g = &slots[i];
-        if (g->resource != resource) {
-            int same = PyObject_RichCompareBool(resource, g->resource, Py_EQ);
-            if (same < 0) {
-                return NULL;
-            }
-            if (!same) {
-                continue;
-            }
+        /* (the same object compares equal without a call) */
+        int same = PyObject_RichCompareBool(resource, g->resource, Py_EQ);
+        if (same == 1) {
+            same = PyObject_RichCompareBool(scope, g->scope, Py_EQ);
         }
-        if (g->scope != scope) {
-            int same = PyObject_RichCompareBool(scope, g->scope, Py_EQ);
-            if (same < 0) {
-                return NULL;
-            }
-            if (!same) {
-                continue;
-            }
+        if (same < 0) {
+            return NULL;
         }
-        return g;
+        if (same == 1) {
+            return g;
+        }
     }
     if (*used == GROUP_SLOTS) {
         if (flush_groups(groups, slots, *used) < 0) {

@@ -12,8 +12,8 @@ cached.
 The common case (span items without tracestate, events or links and with plain attribute
 values; route and worker items) is also written in C (`_otlp_fast.c`, built where a C
 compiler is; `Encoder` uses it when it is there): ~6k instructions for an invocation's
-five spans (well under 1 µs) instead of ~6 µs here. It writes the same bytes (a test compares them) and hands every other
-item back to the Python code below.
+five spans (well under 1 µs) instead of ~6 µs here. It writes the same bytes (a test
+compares them) and hands every other item back to the Python code below.
 
 The layout follows opentelemetry-proto's trace.proto (v1). Tests parse the output back
 with the generated classes and compare it with the SDK encoder's message. Attribute values
@@ -38,9 +38,13 @@ except ImportError:  # no C compiler where Stoic was installed: Python does it a
 #: Whether the C encoder was built (a node then encodes its spans itself; see shipper).
 FAST_ENCODER = _FAST is not None
 
-__all__ = ["FAST_ENCODER", "Encoder", "SpanLike", "decode_request", "encode_request",
+__all__ = ["ENCODE_ERRORS", "FAST_ENCODER", "Encoder", "SpanLike", "decode_request",
+           "encode_request",
            "expand_item", "item_invocation", "marshal_items", "plain_item", "route_item",
            "span_item", "worker_item"]
+
+#: What `Encoder.add` raises for a malformed item (the spans before it stay added).
+ENCODE_ERRORS = (ValueError, TypeError, AttributeError, OverflowError, struct.error)
 
 _PACK_Q = struct.Struct("<Q").pack
 _PACK_d = struct.Struct("<d").pack

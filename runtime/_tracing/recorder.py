@@ -16,7 +16,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import marshal
-import struct
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
@@ -32,6 +31,7 @@ from runtime._tracing.otlp_wire import (
     ATTR_ATTEMPT,
     ATTR_FUNCTION,
     ATTR_INVOCATION_ID,
+    ENCODE_ERRORS,
     FAST_ENCODER,
     Encoder,
     decode_request,
@@ -260,8 +260,8 @@ class LocalRecorder(SpanProcessor):
     encoder), the recorder does not pack them again: the shipper hands it each frame it
     made (`add_request`, ~64 spans), which is kept as it is and decoded only by a
     look-up, and the spans still queued in the shipper are read from its queue. One
-    serialization instead of two. Spans are kept locally even when the collector is down (the shipper drops frames
-    after handing them over, not spans before).
+    serialization instead of two. Spans are kept locally even when the collector is down
+    (the shipper drops frames after handing them over, not spans before).
 
     Memory is bounded (chunks and recent items hold at most `capacity` items plus two
     chunks; an item is a span or a compact item standing for one or two); look-ups see
@@ -335,7 +335,7 @@ class LocalRecorder(SpanProcessor):
                 self._declared = known
             count = encoder.add(batch)
             return encoder.take(), count
-        except (ValueError, TypeError, AttributeError, OverflowError, struct.error):
+        except ENCODE_ERRORS:
             encoder.take()  # what was added before the item that did not encode
             return None
 

@@ -52,7 +52,13 @@ from typing import IO, Any
 from opentelemetry import context as otel_context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 
-from runtime._tracing.otlp_wire import FAST_ENCODER, Encoder, marshal_items, span_item
+from runtime._tracing.otlp_wire import (
+    ENCODE_ERRORS,
+    FAST_ENCODER,
+    Encoder,
+    marshal_items,
+    span_item,
+)
 from runtime._tracing.recorder import LocalRecorder, ResourceTable
 
 __all__ = ["SpanShipper"]
@@ -262,7 +268,7 @@ class SpanShipper(SpanProcessor):
         try:
             count = encoder.add(batch)
             return encoder.take_parts(), count
-        except (ValueError, TypeError, AttributeError, OverflowError, struct.error) as exc:
+        except ENCODE_ERRORS as exc:
             encoder.take()  # what was added before the bad item
             log.error("span shipper: a batch did not encode (%s); dropped", exc)
             return None
@@ -581,8 +587,7 @@ def _child_main() -> int:
         else:
             try:
                 pending += encoder.add(marshal.loads(body))
-            except (ValueError, EOFError, TypeError, AttributeError, OverflowError,
-                    struct.error) as exc:
+            except (EOFError, *ENCODE_ERRORS) as exc:
                 log.error("span exporter: a batch did not decode (%s); dropped", exc)
                 continue
         pending_bytes += len(body)
