@@ -476,8 +476,9 @@ def bench_tracing(args: argparse.Namespace) -> dict[str, Any]:
     second, its pings and heartbeats: the same load beside every mode's measurement),
     measures the modes one after another, the order rotating each round (throughput in
     `--slices` turns, the modes taking turns, so that the machine's drift within the
-    round is spread over all of them), and stops them: the modes of a round are measured within seconds of each other, where
-    whole runs one after another would measure the machine's drift, and each round has
+    round is spread over all of them), and stops them: the modes of a round are
+    measured within seconds of each other, where whole runs one after another would
+    measure the machine's drift, and each round has
     new clusters, since one cluster can run 10-15 % faster or slower than an identical
     one for its whole life (placement, hash seeds), which kept for a whole run would be
     a bias. Each mode reports its median round, and its ratio to off is also taken round
@@ -535,7 +536,8 @@ def bench_tracing(args: argparse.Namespace) -> dict[str, Any]:
                         used = used_cpu.setdefault(label, {})
                         for k, v in after.items():
                             used[k] = used.get(k, 0.0) + v - before.get(k, 0.0)
-                        this_round[label]["throughput"] = measure  # its percentiles: the last slice's
+                        # its percentiles: the last slice's
+                        this_round[label]["throughput"] = measure
                 for label, run in this_round.items():
                     ok_calls, secs = turns[label]
                     run["throughput"] = {**run["throughput"], "calls_per_s": ok_calls / secs,
@@ -587,10 +589,12 @@ def bench_tracing(args: argparse.Namespace) -> dict[str, Any]:
               f"{shown}")
     # Stoic's own processes (the sink stands for a collector on another machine): less
     # noisy than throughput on a shared machine, since it does not depend on scheduling.
+    def stoic(m: dict[str, Any]) -> float:  # node + worker + exporter, per call
+        return float(sum(v for k, v in m["cpu_us_per_call"].items() if k != "sink"))
+
     stoic_cpu: dict[str, float] = {}
     for label, runs in rounds.items():
-        totals = sorted(sum(v for k, v in m["cpu_us_per_call"].items() if k != "sink")
-                        for m in runs)
+        totals = sorted(stoic(m) for m in runs)
         stoic_cpu[label] = totals[len(totals) // 2]
     base_cpu = stoic_cpu["off (OTEL_SDK_DISABLED)"] or 1.0
     for label, total in stoic_cpu.items():
@@ -598,12 +602,10 @@ def bench_tracing(args: argparse.Namespace) -> dict[str, Any]:
               f"{total / base_cpu:.2f}× off")
     results["stoic_cpu_us_per_call"] = stoic_cpu
     # ... and round by round, as for throughput: each round's own CPU ratio to off
-    cpu_ratio: dict[str, list[float] | None] = {}
+    cpu_ratio: dict[str, list[float]] = {}
     off_runs = rounds["off (OTEL_SDK_DISABLED)"]
     for label, runs in rounds.items():
-        ratios = [sum(v for k, v in m["cpu_us_per_call"].items() if k != "sink")
-                  / (sum(v for k, v in o["cpu_us_per_call"].items() if k != "sink") or 1)
-                  for m, o in zip(runs, off_runs, strict=True)]
+        ratios = [stoic(m) / (stoic(o) or 1.0) for m, o in zip(runs, off_runs, strict=True)]
         interval = median_interval(ratios)
         median = sorted(ratios)[len(ratios) // 2]
         cpu_ratio[label] = [median, *interval] if interval is not None else [median]
