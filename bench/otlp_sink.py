@@ -9,6 +9,11 @@ Being a separate process, its CPU time is measured apart from Stoic's.
 
     python -m bench.otlp_sink      # prints "PORT <n>", then "<spans>" for each line read;
                                    # exits when stdin closes
+    python -m bench.otlp_sink --raw  # takes each request as bytes and parses nothing;
+                                     # prints the bytes received instead of spans
+
+`--raw` separates what exporting costs the exporting side from what parsing costs the
+receiver, on a machine where both share the same cores.
 """
 
 from __future__ import annotations
@@ -45,11 +50,41 @@ class _MetricsSink(metrics_service_pb2_grpc.MetricsServiceServicer):
         return metrics_service_pb2.ExportMetricsServiceResponse()
 
 
+class _RawSink:
+    """Takes TraceService/Export and MetricsService/Export requests as bytes (no
+    message is parsed) and answers with the empty response (zero bytes)."""
+
+    def __init__(self) -> None:
+        self.spans = 0  # bytes received, for `count`
+        self._lock = threading.Lock()
+
+    def export(self, request: bytes, context: Any) -> bytes:
+        with self._lock:
+            self.spans += len(request)
+        return b""
+
+    def handlers(self) -> list[grpc.GenericRpcHandler]:
+        def method(fn: Any) -> grpc.RpcMethodHandler:
+            return grpc.unary_unary_rpc_method_handler(fn)  # bytes in, bytes out
+
+        return [grpc.method_handlers_generic_handler(
+                    "opentelemetry.proto.collector.trace.v1.TraceService",
+                    {"Export": method(self.export)}),
+                grpc.method_handlers_generic_handler(
+                    "opentelemetry.proto.collector.metrics.v1.MetricsService",
+                    {"Export": method(lambda request, context: b"")})]
+
+
 def main() -> int:
-    sink = _Sink()
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(sink, server)
-    metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(_MetricsSink(), server)
+    sink: _Sink | _RawSink
+    if "--raw" in sys.argv[1:]:
+        sink = _RawSink()
+        server.add_generic_rpc_handlers(sink.handlers())
+    else:
+        sink = _Sink()
+        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(sink, server)
+        metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(_MetricsSink(), server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     print(f"PORT {port}", flush=True)

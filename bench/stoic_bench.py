@@ -441,13 +441,15 @@ def _settled(roots: Sequence[int], timeout: float = 15.0) -> None:
 
 
 @contextmanager
-def _otlp_sink() -> Iterator[tuple[str, Callable[[], int], int]]:
-    """A `bench.otlp_sink` process: yields (endpoint, spans received so far, its pid)."""
+def _otlp_sink(raw: bool = False) -> Iterator[tuple[str, Callable[[], int], int]]:
+    """A `bench.otlp_sink` process: yields (endpoint, spans received so far, its pid);
+    `raw`: one that parses nothing (bytes received so far, not spans)."""
     import subprocess
 
     from bench._floor import child_env, stop_process
 
-    proc = subprocess.Popen([sys.executable, "-m", "bench.otlp_sink"], stdin=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-m", "bench.otlp_sink", *(["--raw"] if raw else [])],
+                            stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, env=child_env(), text=True)
     try:
         assert proc.stdout is not None and proc.stdin is not None
@@ -466,10 +468,15 @@ def _otlp_sink() -> Iterator[tuple[str, Callable[[], int], int]]:
         stop_process(proc)
 
 
+RAW_MODE = "OTLP export, receiver parses nothing"
+
+
 def bench_tracing(args: argparse.Namespace) -> dict[str, Any]:
     """Warm invoke throughput and p50 with tracing off, with the local recorder only (the
     default), exporting every span over OTLP/gRPC to a sink process (a collector's
-    stand-in that parses and counts), and exporting one trace in ten
+    stand-in that parses and counts), exporting every span to a sink that takes the
+    requests as bytes and parses nothing (which parts of export's cost are the exporting
+    side's and which the receiver's, on two shared cores), and exporting one trace in ten
     (parentbased_traceidratio 0.1).
 
     Each round starts one single-node cluster per mode (an idle one takes ~60 ms of CPU a
@@ -491,11 +498,14 @@ def bench_tracing(args: argparse.Namespace) -> dict[str, Any]:
     per_slice = dataclasses.replace(settings, throughput_count=max(
         1, settings.throughput_count // slices))
     rounds: dict[str, list[dict[str, Any]]] = {}
-    with _otlp_sink() as (endpoint, spans_received, sink_pid):
+    with _otlp_sink() as (endpoint, spans_received, sink_pid), \
+            _otlp_sink(raw=True) as (raw_endpoint, bytes_received, raw_pid):
+        sinks = [sink_pid, raw_pid]
         modes = [
             ("off (OTEL_SDK_DISABLED)", {"OTEL_SDK_DISABLED": "true"}),
             ("local recorder (default)", {}),
             ("OTLP export", {"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint}),
+            (RAW_MODE, {"OTEL_EXPORTER_OTLP_ENDPOINT": raw_endpoint}),
             ("OTLP export, 10% sampled", {"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
                                           "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
                                           "OTEL_TRACES_SAMPLER_ARG": "0.1"}),
@@ -515,7 +525,7 @@ def bench_tracing(args: argparse.Namespace) -> dict[str, Any]:
                 for label, _ in order:
                     _say(f"round {r + 1}/{args.rounds}: {label}")
                     c = clusters[label]
-                    _settled([n.pid for n in c.nodes if n.pid] + [sink_pid])
+                    _settled([n.pid for n in c.nodes if n.pid] + sinks)
                     this_round[label] = {"latency": run_load_process(c.addresses[0], "latency",
                                                                settings)}
                 # Throughput in slices, the modes taking turns: the machine's speed drifts
@@ -525,7 +535,7 @@ def bench_tracing(args: argparse.Namespace) -> dict[str, Any]:
                 for _ in range(slices):
                     for label, _ in order:
                         c = clusters[label]
-                        roots = [n.pid for n in c.nodes if n.pid] + [sink_pid]
+                        roots = [n.pid for n in c.nodes if n.pid] + sinks
                         _settled(roots)
                         before = _process_cpu(roots)
                         measure = run_load_process(c.addresses[0], "throughput", per_slice)
@@ -546,7 +556,7 @@ def bench_tracing(args: argparse.Namespace) -> dict[str, Any]:
                     run["cpu_us_per_call"] = {  # at full load, warm-ups included
                         k: round(v / counted * 1e6) for k, v in sorted(used_cpu[label].items())}
                     rounds.setdefault(label, []).append(run)
-        spans = spans_received()
+        spans, raw_bytes = spans_received(), bytes_received()
 
     def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
         ordered = sorted(runs, key=lambda m: m["throughput"]["calls_per_s"])
@@ -613,8 +623,10 @@ def bench_tracing(args: argparse.Namespace) -> dict[str, Any]:
               + (f" (95 % confidence interval {interval[0]:.2f}-{interval[1]:.2f})"
                  if interval is not None else ""))
     results["stoic_cpu_round_ratio"] = cpu_ratio
-    print(f"spans received over OTLP: {spans}")
+    print(f"spans received over OTLP: {spans}; bytes received by the sink that parses "
+          f"nothing: {raw_bytes}")
     results["spans_received"] = spans
+    results["raw_bytes_received"] = raw_bytes
     results["rounds"] = {label: [m["throughput"]["calls_per_s"] for m in runs]
                          for label, runs in rounds.items()}
     return results

@@ -31,6 +31,10 @@ def test_stoic_bench_smoke(args: list[str], tmp_path: Path) -> None:
         assert figures["chaos"]["async"]["lost"] == 0
     if args[0] == "tracing":  # the export mode's spans reached the sink process
         assert figures["tracing"]["spans_received"] > 0
+        # ... and the mode that exports to a sink parsing nothing reached that one
+        assert figures["tracing"]["raw_bytes_received"] > 0
+        assert figures["tracing"]["stoic_cpu_us_per_call"][
+            "OTLP export, receiver parses nothing"] > 0
         assert figures["tracing"]["stoic_cpu_us_per_call"]["OTLP export"] > 0
         assert figures["tracing"]["median_round_ratio"]["off (OTEL_SDK_DISABLED)"] == 1.0
         assert figures["tracing"]["throughput_slices"] == 3
