@@ -36,6 +36,9 @@ class _Sink(trace_service_pb2_grpc.TraceServiceServicer):
         self.spans = 0
         self._lock = threading.Lock()
 
+    def count(self) -> int:
+        return self.spans
+
     def Export(self, request: Any, context: Any) -> Any:  # noqa: N802 (gRPC's naming)
         n = sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans)
         with self._lock:
@@ -55,12 +58,15 @@ class _RawSink:
     message is parsed) and answers with the empty response (zero bytes)."""
 
     def __init__(self) -> None:
-        self.spans = 0  # bytes received, for `count`
+        self.received = 0  # bytes of trace requests
         self._lock = threading.Lock()
+
+    def count(self) -> int:
+        return self.received
 
     def export(self, request: bytes, context: Any) -> bytes:
         with self._lock:
-            self.spans += len(request)
+            self.received += len(request)
         return b""
 
     def handlers(self) -> list[grpc.GenericRpcHandler]:
@@ -90,7 +96,7 @@ def main() -> int:
     print(f"PORT {port}", flush=True)
     try:
         for _ in sys.stdin:
-            print(sink.spans, flush=True)
+            print(sink.count(), flush=True)
     finally:
         server.stop(grace=None).wait(5.0)
     return 0

@@ -448,9 +448,9 @@ def _otlp_sink(raw: bool = False) -> Iterator[tuple[str, Callable[[], int], int]
 
     from bench._floor import child_env, stop_process
 
-    proc = subprocess.Popen([sys.executable, "-m", "bench.otlp_sink", *(["--raw"] if raw else [])],
-                            stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, env=child_env(), text=True)
+    argv = [sys.executable, "-m", "bench.otlp_sink", *(["--raw"] if raw else [])]
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            env=child_env(), text=True)
     try:
         assert proc.stdout is not None and proc.stdin is not None
         line = proc.stdout.readline().split()
