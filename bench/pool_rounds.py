@@ -19,8 +19,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from bench._report import median_interval
+from bench.stoic_bench import OFF_MODE
 
-OFF = "off (OTEL_SDK_DISABLED)"
+USAGE = "python -m bench.pool_rounds run1.json run2.json ..."
 
 
 def pooled(runs: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -28,7 +29,7 @@ def pooled(runs: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     ratios: dict[str, list[float]] = {}
     for run in runs:
         rounds = run["rounds"]
-        off = rounds[OFF]
+        off = rounds[OFF_MODE]
         for mode, calls in rounds.items():
             if len(calls) != len(off):
                 raise ValueError(f"{mode!r}: {len(calls)} rounds, but {len(off)} with tracing off")
@@ -44,7 +45,7 @@ def pooled(runs: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 def main(argv: Sequence[str]) -> int:
     if not argv:
-        print(__doc__.strip().splitlines()[2].strip(), file=sys.stderr)
+        print(f"usage: {USAGE}", file=sys.stderr)
         return 2
     runs = []
     for path in argv:

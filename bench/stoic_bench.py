@@ -468,6 +468,7 @@ def _otlp_sink(raw: bool = False) -> Iterator[tuple[str, Callable[[], int], int]
         stop_process(proc)
 
 
+OFF_MODE = "off (OTEL_SDK_DISABLED)"
 RAW_MODE = "OTLP export, receiver parses nothing"
 
 
@@ -502,7 +503,7 @@ def bench_tracing(args: argparse.Namespace) -> dict[str, Any]:
             _otlp_sink(raw=True) as (raw_endpoint, bytes_received, raw_pid):
         sinks = [sink_pid, raw_pid]
         modes = [
-            ("off (OTEL_SDK_DISABLED)", {"OTEL_SDK_DISABLED": "true"}),
+            (OFF_MODE, {"OTEL_SDK_DISABLED": "true"}),
             ("local recorder (default)", {}),
             ("OTLP export", {"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint}),
             (RAW_MODE, {"OTEL_EXPORTER_OTLP_ENDPOINT": raw_endpoint}),
@@ -565,8 +566,8 @@ def bench_tracing(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {label: median_run(runs) for label, runs in rounds.items()}
     print(format_table(results, title="stoic bench tracing (median of "
                                       f"{args.rounds} interleaved rounds)"))
-    base = results["off (OTEL_SDK_DISABLED)"]["throughput"]["calls_per_s"]
-    offs = [m["throughput"]["calls_per_s"] for m in rounds["off (OTEL_SDK_DISABLED)"]]
+    base = results[OFF_MODE]["throughput"]["calls_per_s"]
+    offs = [m["throughput"]["calls_per_s"] for m in rounds[OFF_MODE]]
     per_round: dict[str, float] = {}
     intervals: dict[str, list[float] | None] = {}
     for label, r in results.items():
@@ -606,14 +607,14 @@ def bench_tracing(args: argparse.Namespace) -> dict[str, Any]:
     for label, runs in rounds.items():
         totals = sorted(stoic(m) for m in runs)
         stoic_cpu[label] = totals[len(totals) // 2]
-    base_cpu = stoic_cpu["off (OTEL_SDK_DISABLED)"] or 1.0
+    base_cpu = stoic_cpu[OFF_MODE] or 1.0
     for label, total in stoic_cpu.items():
         print(f"Stoic CPU per call, node + worker + exporter ({label}): {total:.0f} µs, "
               f"{total / base_cpu:.2f}× off")
     results["stoic_cpu_us_per_call"] = stoic_cpu
     # ... and round by round, as for throughput: each round's own CPU ratio to off
     cpu_ratio: dict[str, list[float]] = {}
-    off_runs = rounds["off (OTEL_SDK_DISABLED)"]
+    off_runs = rounds[OFF_MODE]
     for label, runs in rounds.items():
         ratios = [stoic(m) / (stoic(o) or 1.0) for m, o in zip(runs, off_runs, strict=True)]
         interval = median_interval(ratios)

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.pool_rounds import OFF, main, pooled
+from bench.pool_rounds import main, pooled
+from bench.stoic_bench import OFF_MODE as OFF
 
 
 def _run(off: list[float], export: list[float], **more: list[float]) -> dict[str, object]:
@@ -40,3 +41,4 @@ def test_main_reads_bench_json_files(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert "OTLP export: throughput, median of 6 rounds' own ratios to off 0.900" \
         in capsys.readouterr().out
     assert main([]) == 2
+    assert "usage: python -m bench.pool_rounds" in capsys.readouterr().err
