@@ -221,6 +221,15 @@ def test_the_compose_check_rewrites_every_address_to_loopback() -> None:
 
 
 # --- Kubernetes -----------------------------------------------------------------------
+def test_compose_k8s_and_readme_name_one_jaeger_image() -> None:
+    image = str(_compose()["services"]["jaeger"]["image"])
+    k8s = [c["image"] for d in _k8s_docs()
+           if d["kind"] == "Deployment" and d["metadata"]["name"] == "jaeger"
+           for c in d["spec"]["template"]["spec"]["containers"]]
+    assert k8s == [image]
+    assert f" {image}\n" in (REPO / "README.md").read_text(), "the README's docker run line"
+
+
 def test_k8s_runs_one_deployment_per_zone_with_grpc_probes() -> None:
     docs = _k8s_docs()
     kinds = {(d["kind"], d["metadata"]["name"]) for d in docs}
