@@ -546,6 +546,11 @@ def test_the_exporter_child_reconnects_to_a_collector_that_came_back() -> None:
                                   timeout=20)
             assert next(s for s in got if s.name == "after").resource.get(
                 "service.instance.id") == "n1"
+            # The receiver holds the spans before it answers: stopped now, it could cancel
+            # the call in flight, which the child would retry (backoff) against nobody
+            # and then not answer shutdown's flush in time. A flush answered means the
+            # child's export returned.
+            assert tracing.force_flush(10.0)
     finally:
         first.stop()
         assert tracing.shutdown(timeout=5.0)
