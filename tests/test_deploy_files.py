@@ -220,7 +220,6 @@ def test_the_compose_check_rewrites_every_address_to_loopback() -> None:
     assert "16379" in out["services"]["redis"]["healthcheck"]["test"]
 
 
-# --- Kubernetes -----------------------------------------------------------------------
 def test_compose_k8s_and_readme_name_one_jaeger_image() -> None:
     image = str(_compose()["services"]["jaeger"]["image"])
     k8s = [c["image"] for d in _k8s_docs()
@@ -230,6 +229,7 @@ def test_compose_k8s_and_readme_name_one_jaeger_image() -> None:
     assert f" {image}\n" in (REPO / "README.md").read_text(), "the README's docker run line"
 
 
+# --- Kubernetes -----------------------------------------------------------------------
 def test_k8s_runs_one_deployment_per_zone_with_grpc_probes() -> None:
     docs = _k8s_docs()
     kinds = {(d["kind"], d["metadata"]["name"]) for d in docs}

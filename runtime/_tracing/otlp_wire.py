@@ -39,9 +39,8 @@ except ImportError:  # no C compiler where Stoic was installed: Python does it a
 FAST_ENCODER = _FAST is not None
 
 __all__ = ["ENCODE_ERRORS", "FAST_ENCODER", "Encoder", "SpanLike", "decode_request",
-           "encode_request",
-           "expand_item", "item_invocation", "marshal_items", "plain_item", "route_item",
-           "span_item", "worker_item"]
+           "encode_request", "expand_item", "item_invocation", "marshal_items", "plain_item",
+           "route_item", "span_item", "worker_item"]
 
 #: What `Encoder.add` raises for a malformed item (the spans before it stay added).
 ENCODE_ERRORS = (ValueError, TypeError, AttributeError, OverflowError, struct.error)
